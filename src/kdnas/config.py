@@ -1,0 +1,139 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore, so that a wrong type or an unknown
+key fails at composition with a message naming the key.
+
+Groups whose options carry different keys (space, strategy, distill schemes) are typed per option or
+hold ``Any`` dicts; everything in the foundation is fully typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10_mini"  # cifar10_mini | cifar10 | cifar100 | imagefolder
+    root: str | None = None  # imagefolder: DIR with train/<class>/* and test/<class>/* (or a .tar.gz)
+    download: bool = False  # torchvision data sets: fetch when missing
+    image_size: int = 32  # 32 for CIFAR-style, 224 for ImageNet-style folders
+    in_memory: bool | None = None  # None = auto (images <= 64 px are held as one uint8 tensor)
+    val_fraction: float = 0.1  # mini-val share of the training set (AKD protocol); 0 = no split
+    split_seed: int = 0  # the mini-train/mini-val split; independent of `seed`
+    aug_seed: int | None = None  # augmentation schedule seed; None = follow `seed`
+    augment: bool = True  # random crop (pad 4) + horizontal flip on the training split
+    mean: list[float] | None = None  # None = per-data-set default
+    std: list[float] | None = None
+    num_workers: int = 2  # folder data only
+    max_train_per_class: int | None = None  # subsample for smoke runs
+    max_test_per_class: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"  # a registered zoo model or timm:<name>
+    pretrained: bool = False  # timm/torchvision weights from a local cache (no hub offline)
+    small_input_stem: bool = True  # timm models: adapt the stem to 32x32 inputs
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 2
+    train_split: str = "train"  # train (= mini-train when data.val_fraction > 0) | train_full
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"  # multistep | cosine | constant
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "off"  # off | bf16 | fp16 (CUDA)
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    num_threads: int | None = None  # torch intra-op threads; None = leave as is (recorded)
+    checkpoint_every: int = 1  # epochs
+    eval_every: int = 1
+    log_every: int = 50  # steps between NaN checks / progress updates
+    max_steps_per_epoch: int | None = None  # cap for smoke runs
+
+
+@dataclass
+class TeacherConfig:
+    kind: str = "store"  # store | checkpoint | ensemble | none
+    model: str = "resnet20"
+    checkpoint: str | None = None
+    train_if_missing: bool = True
+    seed: int = 0
+    cache: str = "auto"  # teacher-output cache: auto | off | required
+    members: list[Any] = field(default_factory=list)  # ensemble members (distillation issue)
+    combine: str = "mean"  # ensemble: mean | oracle
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "jsonl"  # jsonl (always on) | wandb | none
+    project: str = "kdnas"
+    mode: str = "offline"  # wandb mode: offline | online | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = "${oc.env:KDNAS_CACHE_DIR,${oc.env:HOME}/.cache/kdnas}"
+    data_dir: str = "${oc.env:KDNAS_DATA_DIR,${paths.cache_dir}/data}"
+
+
+@dataclass
+class KdnasConfig:
+    task: str = "train"
+    name: str = "run"
+    seed: int = 0
+    resume: str = "auto"  # auto | true | false | PATH of a run dir
+    traceback: bool = False  # print full tracebacks for user errors
+    progress: bool = True  # tqdm bars (quiet anyway when not a TTY)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    # Groups filled by later layers (distillation, spaces, strategies, ...): typed per option there.
+    distill: Any = None
+    space: Any = None
+    strategy: Any = None
+    proxy: Any = None
+    constraint: Any = None
+    search: Any = None
+    export: Any = None
+    correlate: Any = None
+    debug: Any = None
+    experiment: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    run_dir: str | None = None  # set by the CLI / API; where this run writes
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="kdnas_schema", node=KdnasConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="teacher", name="teacher_schema", node=TeacherConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+__all__ = ["MISSING", "KdnasConfig", "DataConfig", "ModelConfig", "TrainerConfig", "TeacherConfig",
+           "LoggerConfig", "PathsConfig", "register_configs"]

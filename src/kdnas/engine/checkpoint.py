@@ -1,0 +1,156 @@
+"""Checkpoints as safetensors + JSON, written atomically; loading never unpickles.
+
+A checkpoint is a folder ``<dir>/<tag>/`` holding ``model.safetensors`` (the network weights alone, so
+export and teacher loading read one file), ``state.safetensors`` + ``state.json`` (optimizer, RNG,
+objective, counters; nested Python state is packed to tensors + JSON) and ``meta.json`` with the sha256
+of each file. The folder is written under a temp name and renamed whole, then the ``latest`` pointer
+file is replaced atomically, so a kill at any instant leaves either the old or the new checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kdnas.errors import CheckpointError
+from kdnas.utils import atomic_write_bytes, atomic_write_json
+
+FORMAT = "kdnas-checkpoint/1"
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # protocol-2+ pickle, zip (torch.save)
+
+
+def pack(obj: Any, prefix: str = "") -> tuple[dict[str, torch.Tensor], Any]:
+    """Split nested state (dicts, lists, tensors, numbers) into flat tensors + a JSON skeleton."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(o: Any, key: str) -> Any:
+        if isinstance(o, torch.Tensor):
+            tensors[key] = o.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if isinstance(o, dict):
+            if all(isinstance(k, str) for k in o):
+                return {k: walk(v, f"{key}.{k}") for k, v in o.items()}
+            return {"__items__": [[k, walk(v, f"{key}.{k}")] for k, v in o.items()]}
+        if isinstance(o, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(o)]
+        if o is None or isinstance(o, (bool, int, float, str)):
+            return o
+        raise TypeError(f"cannot checkpoint value of type {type(o).__name__} at {key!r}")
+
+    return tensors, walk(obj, prefix)
+
+
+def unpack(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__items__" in skeleton:
+            return {k: unpack(v, tensors) for k, v in skeleton["__items__"]}
+        return {k: unpack(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unpack(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                 ) -> None:
+    """safetensors file of contiguous CPU tensors (channels_last tensors are refused otherwise)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors weight file; refuse pickles and report truncation clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint file {str(path)!r} does not exist. Check the path you gave "
+                              "(teacher.checkpoint / resume / export.checkpoint).")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    is_safetensors = 0 < header_len <= path.stat().st_size - 8 and head[8:9] == b"{"
+    if not is_safetensors and head.startswith(_PICKLE_MAGIC):
+        raise CheckpointError(
+            f"{str(path)!r} is a pickle/torch.save file. kdnas never unpickles files (it can run arbitrary code). "
+            "Convert it once in a trusted session: `from safetensors.torch import save_file; "
+            "save_file(torch.load(p, weights_only=True), 'model.safetensors')`, then pass the .safetensors file.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or truncated ({e}). Delete it and rerun, "
+                              "or pass another checkpoint.") from None
+
+
+def save_checkpoint(directory: str | Path, tag: str, *, model_state: dict[str, torch.Tensor],
+                    state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``directory/tag`` atomically, point ``latest`` at it, keep the newest ``keep`` folders."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / tag
+    tmp = directory / f".tmp-{tag}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_weights(tmp / "model.safetensors", model_state)
+    tensors, skeleton = pack(state)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(skeleton))
+    files = {n: _sha256(tmp / n) for n in ("model.safetensors", "state.safetensors", "state.json")}
+    atomic_write_json(tmp / "meta.json", {"format": FORMAT, "tag": tag, "sha256": files, **meta})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_bytes(directory / "latest", tag.encode())
+    tags = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime_ns)
+    for old in tags[:-keep] if keep > 0 else []:
+        if old.name != tag:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    pointer = Path(directory) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(directory) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Return (model_state, state, meta) after verifying every file's sha256 against meta.json."""
+    path = Path(path)
+    meta_path = path / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"Checkpoint {str(path)!r} has no readable meta.json ({e}); it is not a complete "
+                              "kdnas checkpoint. Delete the folder (or its `latest` pointer) and rerun.") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"Checkpoint {str(path)!r} has format {meta.get('format')!r}, expected {FORMAT!r}.")
+    for name, digest in meta["sha256"].items():
+        if not (path / name).is_file() or _sha256(path / name) != digest:
+            raise CheckpointError(f"Checkpoint file {str(path / name)!r} is missing or does not match its "
+                                  "recorded sha256 (truncated or tampered). Delete the checkpoint folder and rerun, "
+                                  "or resume from an earlier one.")
+    model_state = load_weights(path / "model.safetensors")
+    tensors = load_weights(path / "state.safetensors")
+    state = unpack(json.loads((path / "state.json").read_text()), tensors)
+    return model_state, state, meta

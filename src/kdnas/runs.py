@@ -1,0 +1,115 @@
+"""Run directories: provenance, metrics (JSONL), summary, status.
+
+Layout of one run (documented in README "Run directory"):
+
+    .hydra/              config.yaml, overrides.yaml, hydra.yaml (written by Hydra)
+    provenance.json      git commit + dirty flag, package versions, device, data fingerprint, argv
+    metrics.jsonl        one record per logged step/epoch ({"step", "epoch", "split", ...})
+    summary.json         final figures (written last, atomically)
+    status.json          ok | failed (+ the one-paragraph message) | running
+    checkpoints/         <tag>/ folders (safetensors + JSON) and a `latest` pointer file
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdnas.utils import atomic_write_json, read_json
+
+SCHEMA_VERSION = 1
+_PACKAGES = ("kdnas", "torch", "torchvision", "hydra-core", "omegaconf", "timm", "numpy", "safetensors",
+             "wandb")
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the kdnas source tree (None outside a git checkout)."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=src, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+class RunDir:
+    """One run's folder. Every writer is atomic except the append-only metrics log, which is
+    truncated back to the checkpointed step on resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.checkpoint_dir = self.path / "checkpoints"
+
+    def write_provenance(self, *, data_fingerprint: str | None, device: str, extra: dict | None = None) -> None:
+        atomic_write_json(self.path / "provenance.json", {
+            "schema_version": SCHEMA_VERSION,
+            "git": git_state(),
+            "packages": package_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "device": device,
+            "cuda": torch.version.cuda,
+            "torch_threads": torch.get_num_threads(),
+            "data_fingerprint": data_fingerprint,
+            "argv": sys.argv,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        })
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps({"schema_version": SCHEMA_VERSION, **record}, default=float) + "\n")
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, keep_through_epoch: int) -> None:
+        """On resume: drop records logged after the checkpoint we restart from."""
+        kept = [r for r in self.read_metrics() if r.get("epoch", -1) <= keep_through_epoch]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r, default=float) + "\n" for r in kept))
+        os.replace(tmp, self.metrics_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "summary.json", {"schema_version": SCHEMA_VERSION, **summary})
+
+    def read_summary(self) -> dict[str, Any] | None:
+        p = self.path / "summary.json"
+        return read_json(p) if p.exists() else None
+
+    def write_status(self, status: str, message: str | None = None) -> None:
+        atomic_write_json(self.path / "status.json",
+                          {"schema_version": SCHEMA_VERSION, "status": status, "message": message})
+
+    def sub(self, name: str) -> RunDir:
+        """A child run folder (one stage of a scheme or pipeline)."""
+        return RunDir(self.path / name)

@@ -1,0 +1,174 @@
+"""Teacher store: trained teachers filed under a cache keyed by everything their weights depend on
+(network, data fingerprint, split, recipe, seed), so a teacher is trained once and reused by every
+search, sweep job and scheme.
+
+Layout: ``<cache_dir>/teachers/<model>-<key>/`` with ``model.safetensors`` and ``teacher.json``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from torch import nn
+
+from kdnas.config import ModelConfig, TrainerConfig
+from kdnas.engine.checkpoint import load_weights
+from kdnas.engine.trainer import write_model_card
+from kdnas.errors import CheckpointError, ConfigError
+from kdnas.utils import read_json, stable_hash
+
+log = logging.getLogger("kdnas")
+STORE_FORMAT = 1
+# Trainer keys that do not change the trained weights' recipe.
+_RUNTIME_KEYS = ("device", "num_threads", "compile", "log_every", "checkpoint_every", "eval_every",
+                 "eval_batch_size")
+
+
+def recipe_of(trainer_cfg: TrainerConfig) -> dict[str, Any]:
+    return {k: v for k, v in asdict(trainer_cfg).items() if k not in _RUNTIME_KEYS}
+
+
+class TeacherStore:
+    def __init__(self, cache_dir: str | Path):
+        self.root = Path(cache_dir) / "teachers"
+
+    def key(self, *, model: str, num_classes: int, data_fingerprint: str, split: dict[str, Any],
+            recipe: dict[str, Any], seed: int) -> str:
+        return f"{model.replace(':', '_').replace('/', '_')}-" + stable_hash(
+            {"model": model, "num_classes": num_classes, "data": data_fingerprint, "split": split,
+             "recipe": recipe, "seed": seed, "format": STORE_FORMAT})
+
+    def lookup(self, key: str) -> Path | None:
+        path = self.root / key
+        return path if (path / "teacher.json").is_file() and (path / "model.safetensors").is_file() else None
+
+    @contextmanager
+    def lock(self, key: str):
+        """Serialise training of one teacher across processes (sweep jobs asking for the same teacher)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".{key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put(self, key: str, weights: Path, meta: dict[str, Any]) -> Path:
+        """File a trained teacher: copy into a temp folder, then rename it into place whole."""
+        tmp = self.root / f".tmp-{key}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        shutil.copyfile(weights, tmp / "model.safetensors")
+        write_model_card(tmp / "teacher.json", key=key, **meta)
+        final = self.root / key
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        return final
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.root.is_dir():
+            return []
+        return [read_json(p / "teacher.json") | {"path": str(p)} for p in sorted(self.root.iterdir())
+                if (p / "teacher.json").is_file()]
+
+
+def load_network(model_name: str, num_classes: int, weights: Path, **model_kwargs: Any) -> nn.Module:
+    """Build ``model_name`` and load safetensors weights into it, strictly."""
+    from kdnas.models import create_model
+
+    net = create_model(model_name, num_classes=num_classes, **model_kwargs)
+    try:
+        net.load_state_dict(load_weights(weights))
+    except RuntimeError as e:
+        raise CheckpointError(f"Weights {str(weights)!r} do not fit model {model_name!r} with {num_classes} classes: "
+                              f"{str(e).splitlines()[0]} Set teacher.model / model.name to the network the weights "
+                              "were trained as.") from None
+    return net
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Teachers run in eval mode without gradients."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def resolve_checkpoint(path: str | Path, default_model: str) -> tuple[str, Path]:
+    """A weights file, a run folder or a store folder -> (model name, weights file)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for card in ("teacher.json", "model.json"):
+            if (path / card).is_file():
+                return read_json(path / card).get("model", default_model), path / "model.safetensors"
+        if (path / "model.safetensors").is_file():
+            return default_model, path / "model.safetensors"
+        raise CheckpointError(f"{str(path)!r} holds no model.safetensors. Pass a run folder of a finished training "
+                              "run, a teacher store folder, or a .safetensors file (teacher.checkpoint=PATH).")
+    if not path.exists():
+        raise CheckpointError(f"teacher.checkpoint={str(path)!r} does not exist. Give the path of a .safetensors file "
+                              "or a finished run folder.")
+    return default_model, path
+
+
+def teacher_key(ctx: Any, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
+    trainer = TrainerConfig(**OmegaConf.to_container(tcfg.trainer, resolve=True))
+    store = TeacherStore(ctx.cache_dir)
+    key = store.key(model=tcfg.model, num_classes=ctx.data.num_classes, data_fingerprint=ctx.data.fingerprint,
+                    split={"val_fraction": ctx.cfg.data.val_fraction, "split_seed": ctx.cfg.data.split_seed,
+                           "train_split": trainer.train_split, "augment": ctx.cfg.data.augment},
+                    recipe=recipe_of(trainer), seed=tcfg.seed)
+    return store, key, trainer
+
+
+def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, run: Any = None
+                   ) -> tuple[Path, dict[str, Any]]:
+    """Return (store folder, card) of the teacher ``tcfg`` describes, training it (in ``run``, default a
+    sub-folder of the current run) when missing and allowed."""
+    from kdnas.context import build_model
+
+    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+    store, key, trainer_cfg = teacher_key(ctx, tcfg)
+    with store.lock(key):
+        found = store.lookup(key)
+        if found is not None and not force:
+            return found, read_json(found / "teacher.json")
+        if not (tcfg.train_if_missing or force):
+            raise ConfigError(
+                f"No stored teacher {tcfg.model!r} for this data set and recipe (store key {key}). Train it with "
+                f"`kdnas task=train_teacher teacher.model={tcfg.model}`, set teacher.train_if_missing=true, or "
+                "load weights with teacher=checkpoint teacher.checkpoint=PATH.")
+        log.info("training teacher %s (store key %s)", tcfg.model, key)
+        run = run or ctx.run.sub(f"teacher-{key}")
+        net = build_model(ModelConfig(name=tcfg.model), ctx.data.num_classes, tcfg.seed)
+        trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key)
+        summary = trainer.fit(resume=ctx.resume)
+        run.write_summary(summary)
+        meta = {"model": tcfg.model, "num_classes": ctx.data.num_classes, "data_fingerprint": ctx.data.fingerprint,
+                "data": ctx.cfg.data.name, "seed": tcfg.seed, "recipe": recipe_of(trainer_cfg),
+                "test_top1": summary.get("test_top1_last"), "summary": summary, "trained_in": str(run.path)}
+        path = store.put(key, run.path / "model.safetensors", meta)
+        return path, read_json(path / "teacher.json")
+
+
+def load_teacher(ctx: Any, tcfg: Any | None = None) -> nn.Module:
+    """The frozen teacher network for ``teacher.kind`` store or checkpoint (ensembles: kdnas.distill)."""
+    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+    if tcfg.kind == "store":
+        path, card = ensure_teacher(ctx, tcfg)
+        return freeze(load_network(card["model"], ctx.data.num_classes, path / "model.safetensors"))
+    if tcfg.kind == "checkpoint":
+        if not tcfg.checkpoint:
+            raise ConfigError("teacher=checkpoint needs teacher.checkpoint=PATH (a .safetensors file or a run folder).")
+        model, weights = resolve_checkpoint(tcfg.checkpoint, tcfg.model)
+        return freeze(load_network(model, ctx.data.num_classes, weights))
+    raise ConfigError(f"teacher.kind={tcfg.kind!r} cannot be loaded as a single network here; use store or "
+                      "checkpoint (ensembles are built by the distillation layer).")
