@@ -75,6 +75,7 @@ class TeacherConfig:
     model: str = "resnet20"
     checkpoint: str | None = None
     train_if_missing: bool = True
+    retrain: bool = False  # task=train_teacher: train again even when the store has it
     seed: int = 0
     cache: str = "auto"  # teacher-output cache: auto | off | required
     members: list[Any] = field(default_factory=list)  # ensemble members (distillation issue)
@@ -121,7 +122,6 @@ class KdnasConfig:
     correlate: Any = None
     debug: Any = None
     experiment: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
     run_dir: str | None = None  # set by the CLI / API; where this run writes
 
 

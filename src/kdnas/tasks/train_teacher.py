@@ -10,7 +10,6 @@ from kdnas.teachers import ensure_teacher
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    force = bool(ctx.cfg.extra.get("retrain", False))
-    path, card = ensure_teacher(ctx, force=force, run=ctx.run)
+    path, card = ensure_teacher(ctx, force=ctx.cfg.teacher.retrain, run=ctx.run)
     return {"teacher": card["model"], "store_path": str(path), "store_key": card["key"],
             "test_top1": card.get("test_top1"), "trained_in": card.get("trained_in")}
