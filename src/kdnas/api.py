@@ -1,12 +1,14 @@
 """Running a task: the shared core of the `kdnas` command and the Python API ``kdnas.run``.
 
 A task's failure never escapes as an exception into Hydra (that would stop a multirun sweep at its first
-failed job): it is written to the run's ``status.json``, printed as one paragraph, and recorded so that the
-CLI exits non-zero after every job has run.
+failed job): it is written to the run's ``status.json`` and printed as one paragraph, and the task returns
+None; once every job has run, the CLI learns which failed (kdnas.callbacks) and exits non-zero.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import re
 import shutil
@@ -20,12 +22,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdnas.config import register_configs
-from kdnas.errors import KdnasError
+from kdnas.engine import distributed
+from kdnas.errors import ConfigError, KdnasError
 from kdnas.runs import RunDir
+from kdnas.utils import read_json, resolve_device
 
 log = logging.getLogger("kdnas")
 register_configs()
-FAILED: list[tuple[str, str]] = []  # (run dir, message) of failed jobs in this process
+# OSErrors of the disk or folder (full, quota, read-only, no permission): the user's to fix, not a bug.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def safe_dirname(text: str, max_len: int = 80) -> str:
@@ -40,67 +45,112 @@ if not OmegaConf.has_resolver("kdnas_dirname"):
     OmegaConf.register_new_resolver("kdnas_dirname", safe_dirname)
 
 
-def _prepare_run_dir(cfg: DictConfig, default: Path) -> RunDir:
+def _run_path(cfg: DictConfig, default: Path) -> Path:
     resume = str(cfg.resume)
-    path = default
-    if resume.lower() not in ("auto", "true", "false"):
-        path = Path(resume).expanduser()
-        if not path.is_dir():
-            raise KdnasError(f"resume={resume!r} is not an existing run folder. Pass the folder of the run to "
-                             "continue, or resume=auto to continue whatever is in the output folder.")
-    run = RunDir(path)
-    if resume.lower() == "false":
-        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-        run.metrics_path.unlink(missing_ok=True)
-    return run
+    if resume.lower() in ("auto", "true", "false"):
+        return default
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise KdnasError(f"resume={resume!r} is not an existing run folder. Pass the folder of the run to "
+                         "continue, or resume=auto to continue whatever is in the output folder.")
+    return path
+
+
+def _finished_summary(run: RunDir, config_hash: str) -> dict[str, Any] | None:
+    """The stored summary when ``run`` already finished with this configuration (re-run sweeps skip it)."""
+    status = run.path / "status.json"
+    if not status.is_file() or read_json(status).get("status") != "ok":
+        return None
+    summary = run.read_summary()
+    return summary if summary is not None and summary.get("config_hash") == config_hash else None
+
+
+def storage_error(e: OSError, folder: str | Path) -> KdnasError:
+    """A full disk, a quota, a read-only or forbidden folder, as a message naming the place and the fix."""
+    return KdnasError(
+        f"{e.strerror or e}: {e.filename or folder}. kdnas writes the run folder {folder} (hydra.run.dir=DIR, sweeps "
+        "hydra.sweep.dir=DIR) and caches under KDNAS_CACHE_DIR: put them on a writable disk with free space. Running "
+        "the same command again resumes from the last complete checkpoint.")
+
+
+def _user_error(e: Exception, folder: str | Path) -> KdnasError | None:
+    """``e`` as an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(e, KdnasError):
+        return e
+    if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        return storage_error(e, folder)
+    return None
 
 
 def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False) -> dict[str, Any] | None:
-    """Run ``cfg.task`` in ``run_dir``; return its summary (None when it failed and ``raise_errors`` is off)."""
-    from kdnas.context import RunContext
+    """Run ``cfg.task`` in ``run_dir``; return its summary (None when it failed and ``raise_errors`` is off).
+
+    A run folder that already holds a finished run of the same configuration is not run again (unless
+    ``resume=false``). Under torchrun, every rank runs this; rank 0 alone writes the folder.
+    """
+    from kdnas.context import RunContext, config_hash
     from kdnas.tasks import get_task
 
     run = None
-    ctx = None
-    try:
-        run = _prepare_run_dir(cfg, Path(run_dir))
-        with open_dict(cfg):
-            cfg.run_dir = str(run.path)
-        run.write_status("running")
-        task = get_task(cfg.task)
-        ctx = RunContext(cfg, run)
-        _write_provenance(ctx)
-        started = time.perf_counter()
-        summary = task(ctx)
-        summary = {"task": cfg.task, "run_dir": str(run.path), "wall_seconds": time.perf_counter() - started,
-                   **summary}
-        run.write_summary(summary)
-        _write_provenance(ctx)  # now with the data fingerprint
-        run.write_status("ok")
-        log.info("done: %s", run.path)
-        return summary
-    except Exception as e:
-        user_error = isinstance(e, KdnasError)
-        message = str(e) if user_error else f"{type(e).__name__}: {e}"
-        if run is not None:
-            run.write_status("failed", message)
-        FAILED.append((str(run.path if run else run_dir), message))
-        if raise_errors:
-            raise
-        if not user_error or cfg.get("traceback", False):
-            traceback.print_exc()
-        print(f"kdnas: error: {message}", file=sys.stderr)
-        return None
-    finally:
-        if ctx is not None:
-            ctx.logger.close()
+    main = True
+    with contextlib.ExitStack() as cleanup:
+        try:
+            path = _run_path(cfg, Path(run_dir))
+            world = cleanup.enter_context(distributed.process_group(resolve_device(cfg.trainer.device)))
+            main = world.is_main
+            if len(set(distributed.gather(str(path.resolve())))) > 1:
+                raise ConfigError("Under torchrun all ranks write one run folder: pass hydra.run.dir=DIR (the "
+                                  "default folder name holds each rank's own start time).")
+            run = RunDir(path)
+            with open_dict(cfg):
+                cfg.run_dir = str(run.path)
+                if not main:
+                    cfg.logger.kind = "none"  # one wandb run per job: rank 0's
+            if str(cfg.resume).lower() == "false":
+                if main:
+                    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+                    run.metrics_path.unlink(missing_ok=True)
+            elif (done := _finished_summary(run, config_hash(cfg))) is not None:
+                log.info("already done: %s (resume=false runs it again)", run.path)
+                return done
+            if main:
+                run.write_status("running")
+            task = get_task(cfg.task)
+            ctx = RunContext(cfg, run)
+            cleanup.callback(ctx.logger.close)
+            if main:
+                _write_provenance(ctx, world.size)
+            started = time.perf_counter()
+            summary = task(ctx)
+            summary = {"task": cfg.task, "run_dir": str(run.path), "config_hash": ctx.config_hash,
+                       "wall_seconds": time.perf_counter() - started, **summary}
+            if main:
+                run.write_summary(summary)
+                _write_provenance(ctx, world.size)  # now with the data fingerprint
+                run.write_status("ok")
+            log.info("done: %s", run.path)
+            return summary
+        except Exception as e:
+            error = _user_error(e, run.path if run else run_dir)
+            message = str(error) if error is not None else f"{type(e).__name__}: {e}"
+            if run is not None and main:
+                with contextlib.suppress(OSError):  # an unwritable folder is what is being reported
+                    run.write_status("failed", message)
+            if raise_errors:
+                if error is None or error is e:
+                    raise
+                raise error from e
+            if error is None or cfg.get("traceback", False):
+                traceback.print_exc()
+            print(f"kdnas: error: {message}", file=sys.stderr)
+            return None
 
 
-def _write_provenance(ctx: Any) -> None:
+def _write_provenance(ctx: Any, world_size: int) -> None:
     data = ctx.__dict__.get("data")  # only when the task built it (cached_property)
     ctx.run.write_provenance(data_fingerprint=data.fingerprint if data is not None else None,
                              device=str(ctx.cfg.trainer.device),
-                             extra={"config_hash": ctx.config_hash, "task": ctx.cfg.task,
+                             extra={"config_hash": ctx.config_hash, "task": ctx.cfg.task, "world_size": world_size,
                                     "overrides": list(ctx.cfg.get("overrides_", []) or [])})
 
 

@@ -62,6 +62,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = True
+    sync_bn: bool = False  # data-parallel (torchrun) on CUDA: BatchNorm statistics over the global batch
     num_threads: int | None = None  # torch intra-op threads; None = leave as is (recorded)
     checkpoint_every: int = 1  # epochs
     eval_every: int = 1
@@ -133,6 +134,9 @@ def register_configs() -> None:
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="teacher", name="teacher_schema", node=TeacherConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    from kdnas.distill.terms import register_schema as register_distill_schema
+
+    register_distill_schema()
 
 
 __all__ = ["MISSING", "KdnasConfig", "DataConfig", "ModelConfig", "TrainerConfig", "TeacherConfig",

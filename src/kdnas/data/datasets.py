@@ -60,7 +60,12 @@ class BatchSource(Protocol):
 
 @dataclass(frozen=True)
 class EpochPlan:
-    """Which samples an epoch visits, in which order and batches: shared by every BatchSource."""
+    """Which samples an epoch visits, in which order and batches: shared by every BatchSource.
+
+    With ``world_size`` > 1 (data-parallel training) the epoch's order is cut to a multiple of world_size
+    and rank r takes every world_size-th sample from r: disjoint shards of equal length, so every rank
+    runs the same number of steps, and batch i of all ranks together is one global batch.
+    """
 
     indices: torch.Tensor  # CPU int64, into the training set or the test set
     batch_size: int
@@ -68,21 +73,28 @@ class EpochPlan:
     seed: int
     drop_last: bool
     max_batches: int | None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def shard_size(self) -> int:
+        return len(self.indices) // self.world_size
 
     def __len__(self) -> int:
-        n, b = len(self.indices), self.batch_size
+        n, b = self.shard_size, self.batch_size
         batches = n // b if self.drop_last else -(-n // b)
         return batches if self.max_batches is None else min(batches, self.max_batches)
 
     @property
     def num_samples(self) -> int:
-        return min(len(self.indices), len(self) * self.batch_size)
+        return min(self.shard_size, len(self) * self.batch_size)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """Index batches of `epoch`; the order has its own generator so augmentation draws do not move it."""
         order = self.indices
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=generator(self.seed, epoch, "order"))]
+        order = order[self.rank : self.shard_size * self.world_size : self.world_size]
         return list(order.split(self.batch_size))[: len(self)]
 
 
@@ -115,17 +127,19 @@ class DataModule:
 
     def loader(self, split: str, batch_size: int, *, train: bool, seed: int,
                device: torch.device | str = "cpu", channels_last: bool = False,
-               drop_last: bool | None = None, max_batches: int | None = None) -> BatchSource:
+               drop_last: bool | None = None, max_batches: int | None = None, rank: int = 0,
+               world_size: int = 1) -> BatchSource:
         """Batches of `split`; train=True shuffles and augments (from seed/aug_seed and the epoch).
 
         drop_last defaults to `train`, unless dropping would leave no batch at all (tiny smoke splits).
+        rank/world_size select this process's shard (see EpochPlan).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         indices = self.split_indices(split)
         if drop_last is None:
-            drop_last = train and len(indices) >= batch_size
-        plan = EpochPlan(indices, batch_size, train, seed, drop_last, max_batches)
+            drop_last = train and len(indices) >= batch_size * world_size
+        plan = EpochPlan(indices, batch_size, train, seed, drop_last, max_batches, rank, world_size)
         aug_seed = self.cfg.aug_seed if self.cfg.aug_seed is not None else seed
         return self._source("test" if split == "test" else "train", plan,
                             aug_seed if train and self.cfg.augment else None,

@@ -4,6 +4,9 @@ candidates, schemes).
 Data order, augmentation and learning rate are pure functions of (seed, epoch, step), and the optimiser,
 objective and RNG states are checkpointed each epoch, so a killed run restarted from its last checkpoint
 ends with the same weights and metrics as an uninterrupted one on CPU.
+
+Under torchrun every rank trains on its shard of each batch through DDP (engine/distributed.py); rank 0
+alone evaluates and writes metrics, checkpoints and weights.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 
 from kdnas.config import TrainerConfig
 from kdnas.data import DataModule
+from kdnas.engine import distributed
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from kdnas.engine.objective import Objective
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -99,16 +103,20 @@ class Trainer:
         self.cfg, self.data, self.run, self.seed, self.config_hash = cfg, data, run, seed, config_hash
         self.device = resolve_device(cfg.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.world = distributed.world()
+        model = distributed.sync_batchnorm(model, self.device) if cfg.sync_bn else model
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.objective = (objective or Objective(cfg.label_smoothing)).to(self.device)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step = distributed.train_step(self.forward_model, self.objective, self.device)
         params = [p for p in [*self.model.parameters(), *self.objective.parameters()] if p.requires_grad]
         self.optimizer = build_optimizer(cfg, params)
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
-        self.progress = progress and sys.stderr.isatty()
-        self.log_fn = log_fn or run.log
+        self.progress = progress and sys.stderr.isatty() and self.world.is_main
+        self.log_fn = (log_fn or run.log) if self.world.is_main else lambda record: None
         self.train_source = data.loader(cfg.train_split, cfg.batch_size, train=True, seed=seed, device=self.device,
-                                        channels_last=cfg.channels_last, max_batches=cfg.max_steps_per_epoch)
+                                        channels_last=cfg.channels_last, max_batches=cfg.max_steps_per_epoch,
+                                        rank=self.world.rank, world_size=self.world.size)
         if len(self.train_source) == 0:
             raise ConfigError(f"trainer.batch_size={cfg.batch_size} leaves no full batch in split "
                               f"{cfg.train_split!r} ({self.train_source.num_samples} images). Lower the batch size.")
@@ -137,7 +145,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             with autocast_context(self.device, self.cfg.amp):
-                out = self.objective(self.forward_model, batch, epoch)
+                out = self.step(batch, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             if self.cfg.grad_clip:
@@ -154,17 +162,23 @@ class Trainer:
             if (i + 1) % self.cfg.log_every == 0 or i == n - 1:
                 self._check_finite(loss_sum, epoch, i)
         elapsed = time.perf_counter() - start
-        stats = {"loss": loss_sum.item() / count, "top1": 100.0 * correct.item() / count, "lr": lr,
+        sums = {"loss": loss_sum, "correct": correct, "count": torch.tensor(count, device=self.device),
+                **{f"loss_{k}": v for k, v in terms.items()}}
+        sums = {k: distributed.all_sum(v).item() for k, v in sums.items()}  # over all ranks' shards
+        count = sums.pop("count")
+        stats = {"loss": sums.pop("loss") / count, "top1": 100.0 * sums.pop("correct") / count, "lr": lr,
                  "img_per_s": count / elapsed, "seconds": elapsed}
-        stats.update({f"loss_{k}": float(v) / count for k, v in terms.items()})
+        stats.update({k: v / count for k, v in sums.items()})
         return stats
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
-        if not torch.isfinite(loss_sum):
+        """Checked on the sum over ranks, so that every rank stops at the same step."""
+        if not torch.isfinite(distributed.all_sum(loss_sum)):
             raise NonFiniteLossError(
                 f"The training loss became NaN/inf in epoch {epoch + 1}, by step {step + 1}. The last good checkpoint "
                 f"is kept in {self.run.checkpoint_dir}. Lower trainer.lr, set trainer.grad_clip (e.g. 5.0), or turn "
-                "trainer.amp off, then rerun the same command (it resumes from that checkpoint).")
+                "trainer.amp off, and run again in a new folder or with resume=false (a changed config does not "
+                "resume this run's checkpoints).")
 
     @torch.no_grad()
     def evaluate(self, split: str, model: nn.Module | None = None) -> dict[str, float]:
@@ -199,6 +213,8 @@ class Trainer:
                 "rng": rng, "best": self.best, "last": self.last}
 
     def save(self, epoch: int) -> None:
+        if not self.world.is_main:
+            return
         save_checkpoint(self.run.checkpoint_dir, f"epoch_{epoch + 1:04d}", model_state=self.model.state_dict(),
                         state=self.state(epoch), meta={"epoch": epoch, "config_hash": self.config_hash})
 
@@ -219,7 +235,6 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.best, self.last = state["best"], state["last"]
-        self.run.truncate_metrics(state["epoch"])
         return state["epoch"] + 1
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -230,12 +245,14 @@ class Trainer:
         if ckpt is not None:
             start = self.restore(ckpt)
             log.info("resumed from %s (epoch %d of %d)", ckpt, start, self.cfg.epochs)
+        if self.world.is_main:  # records of epochs after the checkpoint (all, without one) are logged again
+            self.run.truncate_metrics(start - 1)
         wall = time.perf_counter()
         for epoch in range(start, self.cfg.epochs):
             train_stats = self.train_epoch(epoch)
             self.log_fn({"epoch": epoch, "split": "train", **train_stats})
             last_epoch = epoch == self.cfg.epochs - 1
-            if last_epoch or (epoch + 1) % self.cfg.eval_every == 0:
+            if self.world.is_main and (last_epoch or (epoch + 1) % self.cfg.eval_every == 0):
                 self._evaluate_all(epoch)
             log.info("epoch %d/%d  loss %.4f  train %.2f%%  %s  (%.0f img/s)", epoch + 1, self.cfg.epochs,
                      train_stats["loss"], train_stats["top1"],
@@ -243,7 +260,8 @@ class Trainer:
                      train_stats["img_per_s"])
             if last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0:
                 self.save(epoch)
-        save_weights(self.run.path / "model.safetensors", self.model.state_dict())
+        if self.world.is_main:
+            save_weights(self.run.path / "model.safetensors", self.model.state_dict())
         return self.summary(time.perf_counter() - wall)
 
     def _evaluate_all(self, epoch: int) -> None:

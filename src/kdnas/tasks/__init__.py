@@ -14,7 +14,13 @@ from kdnas.errors import ConfigError
 TASKS: dict[str, str] = {
     "train": "kdnas.tasks.train",
     "train_teacher": "kdnas.tasks.train_teacher",
+    "distill": "kdnas.tasks.distill",
     "list": "kdnas.tasks.list_things",
+    "export": "kdnas.tasks.export",
+    "cream_search": "kdnas.tasks.cream_search",
+    "search": "kdnas.tasks.search",
+    "pipeline": "kdnas.tasks.pipeline",
+    "correlate": "kdnas.tasks.correlate",
 }
 
 

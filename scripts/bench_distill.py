@@ -1,0 +1,95 @@
+"""Distillation throughput, one run: student CE vs KD with the teacher online vs KD from a warm logit cache.
+
+Per teacher/student pair, three engines train the same student at the same batch size on the same in-memory
+batches: plain CE; KD (0.1 CE + 0.9 KL, T 4) with the teacher online (eval mode, no_grad, channels_last);
+KD with the teacher's logits read from a warm :class:`~kdnas.distill.cache.TeacherLogitCache`. Runs are
+interleaved and the median taken. Teachers are random-init (speed only). Goal: cached KD >= 0.9x CE.
+
+    python scripts/bench_distill.py --pairs resnet32x4:resnet8x4,resnet20:resnet8 --steps 20 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from kdnas.config import DataConfig, TrainerConfig
+from kdnas.data import build_data
+from kdnas.distill.objective import DistillObjective
+from kdnas.distill.teachers import Teacher
+from kdnas.distill.terms import DistillConfig, LossWeights
+from kdnas.engine.trainer import Trainer
+from kdnas.models import create_model
+from kdnas.runs import RunDir
+
+
+def img_per_s(trainer: Trainer) -> float:
+    stats = trainer.train_epoch(0)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+    return stats["img_per_s"]
+
+
+def bench_pair(teacher_name: str, student_name: str, data, cache_dir: str, cfg: TrainerConfig, repeats: int) -> None:
+    torch.manual_seed(0)
+    kd = DistillConfig(weights=LossWeights(ce=0.1, kd=0.9))
+    trainers = {}
+    for mode in ("ce", "kd_online", "kd_cached"):
+        student = create_model(student_name, num_classes=data.num_classes)
+        objective = None
+        if mode != "ce":
+            teacher = Teacher([create_model(teacher_name, num_classes=data.num_classes)], [teacher_name],
+                              cache="off" if mode == "kd_online" else "auto")
+            teacher.to(memory_format=torch.channels_last)  # the trainer moves it to its device with the objective
+            objective = DistillObjective(kd, student, teacher, data=data, split=cfg.train_split, seed=0,
+                                         student_name=student_name, cache_dir=cache_dir)
+        trainers[mode] = Trainer(cfg, student, data, RunDir(tempfile.mkdtemp()), seed=0, config_hash="bench",
+                                 objective=objective, progress=False)
+    start = time.perf_counter()
+    trainers["kd_cached"].objective.on_epoch_start(0)  # cold: the teacher on every view of epoch 0
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    trainers["kd_cached"].objective.on_epoch_start(0)  # warm: read + verify
+    warm = time.perf_counter() - start
+    for trainer in trainers.values():  # warm-up
+        img_per_s(trainer)
+    runs: dict[str, list[float]] = {mode: [] for mode in trainers}
+    for _ in range(repeats):
+        for mode, trainer in trainers.items():
+            runs[mode].append(img_per_s(trainer))
+    speed = {mode: statistics.median(v) for mode, v in runs.items()}
+    n = data.num_samples(cfg.train_split)
+    print(f"{teacher_name} -> {student_name}  batch {cfg.batch_size}  device {trainers['ce'].device}  "
+          f"threads {torch.get_num_threads()}")
+    print(f"  student CE        {speed['ce']:8.1f} img/s")
+    print(f"  KD teacher online {speed['kd_online']:8.1f} img/s   ratio to CE {speed['kd_online'] / speed['ce']:.3f}")
+    print(f"  KD warm cache     {speed['kd_cached']:8.1f} img/s   ratio to CE {speed['kd_cached'] / speed['ce']:.3f}")
+    print(f"  cache per epoch: cold build {cold:.1f} s ({n / cold:.0f} img/s, {n} views), warm load {warm:.3f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", default="resnet32x4:resnet8x4,resnet20:resnet8", help="teacher:student,...")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-train-per-class", type=int, default=300, help="bounds the cold cache build")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    cache = tempfile.mkdtemp()
+    data = build_data(DataConfig(max_train_per_class=args.max_train_per_class), cache, cache)
+    cfg = TrainerConfig(epochs=1, batch_size=args.batch_size, max_steps_per_epoch=args.steps, device=args.device,
+                        schedule="constant", deterministic=False, num_threads=args.threads)
+    for pair in args.pairs.split(","):
+        teacher, student = pair.split(":")
+        bench_pair(teacher, student, data, cache, cfg, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

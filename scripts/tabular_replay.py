@@ -1,0 +1,69 @@
+"""Replay AKD, random search and evolution over a measured table for many seeds (see kdnas.strategies.tabular).
+
+Every strategy runs with its shipped config (``conf/strategy/<name>.yaml``), once with the KD and once with
+the CE top-1 as reward, under one hard cost limit (``--cost`` at the table's ``--quantile``, or ``--limit``),
+and is judged by the KD top-1 of its winners:
+
+    python scripts/tabular_replay.py RUN/correlate.tsv --budget 100 --seeds 20 --out replay.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from kdnas.spaces.constraints import LIMITS, Constraint
+from kdnas.strategies.tabular import Table, compare, shipped_config
+
+KEYS = {cost: key for key, cost in LIMITS.items()}  # params -> params_max, ...
+
+
+def markdown(report: dict) -> str:
+    marks = report["checkpoints"]
+    lines = [f"Winners' KD top-1 (mean +- s.e. over {len(report['seeds'])} seeds; {report['rows']} table rows, "
+             f"limit {report['constraint']}, best row within it {report['ceiling_kd_top1']:.2f})", "",
+             "| strategy/reward | " + " | ".join(f"{m} evals" for m in marks) + " |",
+             "|---|" + "---|" * len(marks)]
+    for name, by_mark in report["results"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{by_mark[str(m)]['mean']:.2f} +- {by_mark[str(m)]['se']:.2f}"
+                                                 for m in marks) + " |")
+    lines += ["", f"| paired difference at {report['budget']} evals | mean +- s.e. | wins | ties |",
+              "|---|---|---|---|"]
+    lines += [f"| {name} | {p['mean']:+.2f} +- {p['se']:.2f} | {p['wins']:.0%} | {p['ties']:.0%} |"
+              for name, p in report["paired"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", help="correlate.tsv, or a .jsonl/.csv with arch, kd_top1, ce_top1, params")
+    parser.add_argument("--budget", type=int, default=100, help="evaluations per search")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8, help="archs per ask/tell step")
+    parser.add_argument("--strategies", nargs="+", default=["akd", "random", "diswot"],
+                        help="conf/strategy files (diswot: the evolution)")
+    parser.add_argument("--cost", default="params", choices=sorted(KEYS), help="the limited cost")
+    parser.add_argument("--quantile", type=float, default=0.5, help="limit = this quantile of the table's cost")
+    parser.add_argument("--limit", type=float, default=None, help="an absolute limit instead of --quantile")
+    parser.add_argument("--checkpoints", type=int, nargs="*", default=[10, 25, 50])
+    parser.add_argument("--out", default=None, help="write the full report (curves included) as JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    table = Table.load(args.table)
+    limit = args.limit if args.limit is not None else float(np.quantile([r[args.cost] for r in table.rows],
+                                                                        args.quantile))
+    configs = [shipped_config(name) for name in args.strategies]
+    report = compare(table, {c["name"]: c for c in configs}, seeds=range(args.seeds),
+                     budget=args.budget, batch=args.batch, constraint=Constraint(**{KEYS[args.cost]: limit}),
+                     checkpoints=args.checkpoints)
+    print(markdown(report))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

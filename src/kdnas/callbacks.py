@@ -1,0 +1,81 @@
+"""Hydra callbacks (registered in conf/config.yaml under ``hydra.callbacks``); they run in the process that
+launched the run or sweep, and tell the CLI which jobs failed (kdnas.api.execute never raises into Hydra).
+
+A single run's task returns None when it failed. A sweep's jobs may run in other processes or machines
+(joblib, submitit), so the launching process reads the job folders' ``status.json`` files instead; only
+the files this sweep wrote count, so that re-running a sweep into a fixed ``hydra.sweep.dir`` after fixing
+a bad grid value does not report that value's old folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from kdnas.api import storage_error
+from kdnas.utils import read_json
+
+
+@dataclass
+class Outcome:
+    """What the last run or sweep of this process left behind (read by the CLI)."""
+
+    sweep: bool = False
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (job folder, message)
+
+
+OUTCOME = Outcome()
+
+
+def _make_folder(folder: Path) -> None:
+    """Hydra would fail on an unwritable output folder with a traceback (a callback cannot raise: Hydra turns
+    that into a warning), so check it first and exit with one paragraph."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(f"kdnas: error: {storage_error(e, folder)}")
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size  # status.json is replaced atomically: a new inode per write
+
+
+class JobReport(Callback):
+    """Checks the output folder can be created, then records failed jobs in ``OUTCOME``.
+
+    A sweep's job folders are one level below ``hydra.sweep.dir`` (kdnas's subdir name is sanitised to one
+    folder level).
+    """
+
+    def __init__(self) -> None:
+        self.sweep_dir = Path()
+        self.before: dict[Path, tuple[int, int, int]] = {}
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _make_folder(Path(config.hydra.run.dir))
+
+    def on_run_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.COMPLETED or job_return.return_value is None:
+            OUTCOME.failed.append((str(config.hydra.run.dir), "see the error above"))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        OUTCOME.sweep = True
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        _make_folder(self.sweep_dir)
+        self.before = {p: _stamp(p) for p in self.sweep_dir.glob("*/status.json")}
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        for status_file in sorted(self.sweep_dir.glob("*/status.json")):
+            if self.before.get(status_file) == _stamp(status_file):
+                continue  # not written by this sweep: an earlier sweep's job, or one skipped as already done
+            status = read_json(status_file)
+            if status.get("status") != "ok":
+                message = status.get("message") or f"the job stopped while {status.get('status')}"
+                OUTCOME.failed.append((str(status_file.parent), message))

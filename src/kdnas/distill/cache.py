@@ -1,0 +1,155 @@
+"""Teacher-output cache: a teacher's logits on every training view of an epoch, computed once and shared by
+every student, seed, sweep job and search candidate that trains on the same views.
+
+Augmentation is a pure function of (aug_seed, epoch, sample index) (:mod:`kdnas.data.augment`), so one file
+per (teacher weights sha256, data fingerprint, split indices, normalisation, aug_seed, epoch) holds the
+logits [N, K] of that epoch's views, fp16, rows in split order. Files live under
+``<paths.cache_dir>/teacher_logits/``, are written atomically (temp file + ``os.replace``, under a lock) with
+the key and a sha256 of the tensor bytes in their metadata, and are verified on every load: a stale or
+corrupt file is rebuilt (``auto``) or refused (``required``), never used. Without augmentation every epoch
+shows the same views and shares one file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from kdnas.data import DataModule
+from kdnas.errors import ConfigError
+from kdnas.utils import canonical_json, stable_hash
+
+log = logging.getLogger("kdnas")
+CACHE_FORMAT = 1
+BUILD_BATCH = 500  # eval-mode batches: as big as memory comfortably allows
+
+
+def tensor_bytes(t: Tensor) -> bytes:
+    """The raw bytes of a tensor (any dtype, any device), for hashing."""
+    return t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def tensor_sha256(t: Tensor) -> str:
+    return hashlib.sha256(tensor_bytes(t)).hexdigest()
+
+
+class TeacherLogitCache:
+    """Logits of one data split's training views, per teacher network and epoch.
+
+    ``mode``: ``auto`` builds a missing or invalid file on first use; ``required`` raises
+    :class:`~kdnas.errors.ConfigError` instead (the run must not pay for the teacher).
+    """
+
+    def __init__(self, cache_dir: str | Path, data: DataModule, split: str, seed: int, mode: str = "auto") -> None:
+        if not data.replayable:
+            raise ConfigError(f"teacher.cache={mode}: data set {data.name!r} is not held in memory, so its "
+                              "augmented views cannot be replayed by index. Set teacher.cache=off.")
+        self.root = Path(cache_dir).expanduser() / "teacher_logits"
+        self.data, self.split, self.seed, self.mode = data, split, seed, mode
+        self.indices = data.split_indices(split)
+        self.rows = torch.full((len(data.labels["train"]),), -1, dtype=torch.long)  # training-set index -> row
+        self.rows[self.indices] = torch.arange(len(self.indices))
+        self.augment = data.cfg.augment
+        self.aug_seed = data.cfg.aug_seed if data.cfg.aug_seed is not None else seed  # as DataModule.loader
+
+    def key(self, teacher_hash: str, epoch: int) -> dict:
+        """Everything the cached logits depend on (the epoch only when views change with it)."""
+        return {"format": CACHE_FORMAT, "teacher": teacher_hash, "data": self.data.fingerprint,
+                "split": self.split, "indices": tensor_sha256(self.indices), "size": self.data.input_size,
+                "mean": list(self.data.mean), "std": list(self.data.std), "augment": self.augment,
+                "aug_seed": self.aug_seed if self.augment else None, "epoch": epoch if self.augment else None}
+
+    def path(self, key: dict) -> Path:
+        return self.root / f"{key['teacher'][:16]}-{stable_hash(key, 24)}.safetensors"
+
+    def get(self, net: nn.Module, teacher_hash: str, epoch: int) -> Tensor:
+        """Logits [N, K] (fp16, CPU, rows in split order) of ``net``'s on epoch ``epoch``'s views."""
+        key = self.key(teacher_hash, epoch)
+        path = self.path(key)
+        logits, problem = self.load(path, key)
+        if logits is not None:
+            return logits
+        if self.mode == "required":
+            raise ConfigError(f"teacher.cache=required, but the teacher-logit cache has no valid entry for epoch "
+                              f"{epoch + 1} ({path}: {problem}). Run once with teacher.cache=auto to build it, or "
+                              "prebuild it with kdnas.distill.cache.prebuild.")
+        with self._lock(path):
+            logits, problem = self.load(path, key)  # another process may have built it meanwhile
+            if logits is None:
+                if problem != "missing":
+                    log.warning("teacher-logit cache %s is %s: rebuilding it", path, problem)
+                logits = self.compute(net, epoch)
+                self.save(path, key, logits)
+        return logits
+
+    def load(self, path: Path, key: dict) -> tuple[Tensor | None, str]:
+        """(logits, "") when the file is there and verified, else (None, what is wrong with it)."""
+        if not path.is_file():
+            return None, "missing"
+        try:
+            with safe_open(path, "pt") as f:
+                meta = f.metadata() or {}
+                logits = f.get_tensor("logits")
+        except (OSError, SafetensorError) as e:
+            return None, f"unreadable ({e})"
+        if meta.get("key") != canonical_json(key):
+            return None, "stale (written for another teacher, data or epoch)"
+        if meta.get("sha256") != tensor_sha256(logits) or logits.shape[0] != len(self.indices):
+            return None, "corrupt (checksum mismatch)"
+        return logits, ""
+
+    def save(self, path: Path, key: dict, logits: Tensor) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file({"logits": logits.contiguous()}, tmp,
+                      metadata={"key": canonical_json(key), "sha256": tensor_sha256(logits)})
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    @torch.no_grad()
+    def compute(self, net: nn.Module, epoch: int) -> Tensor:
+        """The teacher in eval mode on every view of the epoch, in big channels_last batches, stored by index."""
+        device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        out: Tensor | None = None
+        source = self.data.loader(self.split, BUILD_BATCH, train=True, seed=self.seed, device=device,
+                                  channels_last=True, drop_last=False)
+        for batch in source.epoch(epoch):
+            logits = net(batch.x).float().cpu().half()
+            if out is None:
+                out = torch.empty(len(self.indices), logits.shape[1], dtype=torch.float16)
+            out[self.rows[batch.index.cpu()]] = logits
+        net.train(was_training)
+        assert out is not None
+        return out
+
+    @contextmanager
+    def _lock(self, path: Path):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def prebuild(cache: TeacherLogitCache, nets: list[nn.Module], hashes: list[str], epochs: int) -> None:
+    """Fill the cache for every epoch of a recipe (e.g. before a sweep, so every job starts warm)."""
+    for epoch in range(epochs):
+        for net, teacher_hash in zip(nets, hashes):
+            cache.get(net, teacher_hash, epoch)

@@ -1,0 +1,278 @@
+"""Evaluators: what a search (or task=correlate) learns about candidate archs, ``evaluate(archs) -> results``.
+
+* :class:`ProxyEvaluator`: training-free scores (:mod:`kdnas.proxies`) on a fixed batch, the same batch(es)
+  for every candidate of a search; the teacher's statistics are computed once, on first need.
+* :class:`TrainEvaluator`: a short training run (KD from the teacher, or CE) on mini-train; reward =
+  mini-val top-1 (the AKD protocol), test top-1 recorded beside it.
+
+Every result is a JSON dict with a float ``reward``, cached on disk under
+``<cache_dir>/evals/<fingerprint>/<arch_id>.json`` (atomic writes), where the fingerprint hashes everything
+the result depends on besides the arch (kind, settings, data, batch or recipe, teacher, seed). ``evaluate_one`` is a
+pure function of (arch, evaluator config) with a candidate seed derived from (seed, arch_id), so a process
+pool or a submitit executor can map it over the cache misses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdnas.config import ModelConfig, TrainerConfig
+from kdnas.context import RunContext, build_model, to_object
+from kdnas.data import Batch, DataModule
+from kdnas.distill.cache import tensor_sha256
+from kdnas.distill.teachers import build_teacher
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.errors import ConfigError
+from kdnas.models.features import FeatureNet
+from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
+from kdnas.proxies.diswot import TERMS, TeacherStats
+from kdnas.runs import RunDir
+from kdnas.spaces.base import Arch, SearchSpace
+from kdnas.spaces.costs import CostModel
+from kdnas.teachers import recipe_of
+from kdnas.utils import atomic_write_json, derive_seed, read_json, resolve_device, stable_hash
+
+log = logging.getLogger("kdnas")
+EVAL_FORMAT = 1
+COSTS = ("params", "flops")
+
+
+class Evaluator(Protocol):
+    fingerprint: str
+
+    def evaluate(self, archs: Sequence[Arch]) -> list[dict[str, Any]]: ...
+
+
+def build_candidate(space: SearchSpace, arch: Arch, num_classes: int, input_size: int, seed: int) -> FeatureNet:
+    """``arch``'s network with its init drawn from (seed, arch_id), as task=distill ``student.arch`` builds it."""
+    torch.manual_seed(derive_seed(seed, "init", arch.arch_id))
+    return space.build(arch, num_classes, input_size)
+
+
+class CachedEvaluator:
+    """Disk cache in front of :meth:`evaluate_one`; counts hits and misses."""
+
+    def __init__(self, cache_dir: str | Path, identity: dict[str, Any]) -> None:
+        self.identity = identity
+        self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT})
+        self.root = Path(cache_dir).expanduser() / "evals" / self.fingerprint
+        self.hits = self.misses = 0
+
+    def lookup(self, arch: Arch) -> dict[str, Any] | None:
+        try:
+            entry = read_json(self.root / f"{arch.arch_id}.json")
+        except (OSError, json.JSONDecodeError):
+            return None
+        return entry.get("result") if entry.get("arch_id") == arch.arch_id else None
+
+    def evaluate(self, archs: Sequence[Arch]) -> list[dict[str, Any]]:
+        out = []
+        for arch in archs:
+            result = self.lookup(arch)
+            if result is None:
+                self.misses += 1
+                result = self.evaluate_one(arch)
+                atomic_write_json(self.root / f"{arch.arch_id}.json", {
+                    "schema_version": 1, "arch_id": arch.arch_id, "arch": arch.to_json(), "identity": self.identity,
+                    "result": result})
+            else:
+                self.hits += 1
+            out.append(result)
+        return out
+
+    def evaluate_one(self, arch: Arch) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+# -- training-free ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The ``proxy:`` config group: which score rewards the search, and how every proxy is computed."""
+
+    name: str = "diswot"  # the reward (a registered proxy)
+    semantic: str = "official"  # official | class (class whenever widths differ)
+    combine: str = "sum"  # diswot = semantic | relational | sum | rank
+    init: str = "default"  # default (the network's init) | normal (DisWOT's N(0, 1) re-init)
+    teacher_state: str = "random"  # random (DisWOT: a freshly initialised teacher) | trained
+    batch_size: int = 64
+    num_batches: int = 1  # scores are averaged over this many fixed batches
+    split: str = "train"  # where the fixed batches come from (mini-train)
+    rank_reference: int = 32  # combine=rank: archs sampled once per search as the rank reference
+
+    def __post_init__(self) -> None:
+        if self.teacher_state not in ("random", "trained"):
+            raise ConfigError(f"proxy.teacher_state={self.teacher_state!r} is not one of random, trained.")
+        if self.combine == "rank" and self.rank_reference < 2:
+            raise ConfigError("proxy.combine=rank needs proxy.rank_reference >= 2 reference archs.")
+
+    @classmethod
+    def from_config(cls, node: Any) -> ProxySettings:
+        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ConfigError(f"Unknown key(s) {', '.join(f'proxy.{k}' for k in unknown)}; known: "
+                              f"{', '.join(f'proxy.{k}' for k in sorted(known))}.")
+        return cls(**cfg)
+
+
+def proxy_batches(data: DataModule, settings: ProxySettings, seed: int, device: torch.device) -> list[Batch]:
+    """The fixed batches every candidate of a search is scored on: the first ``num_batches`` of a shuffled
+    epoch of ``split`` drawn from the run seed (the training loader, as DisWOT's code)."""
+    source = data.loader(settings.split, settings.batch_size, train=True, seed=derive_seed(seed, "proxy-batch"),
+                         device=device, max_batches=settings.num_batches)
+    batches = list(source.epoch(0))
+    if len(batches) < settings.num_batches or len(batches[-1].y) < settings.batch_size:
+        raise ConfigError(f"proxy.batch_size={settings.batch_size} x proxy.num_batches={settings.num_batches} needs "
+                          f"more images than split {settings.split!r} has ({source.num_samples} used).")
+    return batches
+
+
+class ProxyEvaluator(CachedEvaluator):
+    """Scores candidates with ``names`` (the reward ``settings.name`` among them) on fixed ``batches``.
+
+    ``teacher`` builds the network DisWOT compares against (random or trained, mode already set); it is
+    called, and its statistics computed, once, when the first uncached candidate needs them."""
+
+    def __init__(self, space: SearchSpace, batches: list[Batch], settings: ProxySettings, *, names: Sequence[str],
+                 teacher: Callable[[], nn.Module] | None, teacher_identity: Any, num_classes: int, seed: int,
+                 cache_dir: str | Path) -> None:
+        self.names = tuple(dict.fromkeys([settings.name, *names]))
+        self.needs_teacher = any("teacher" in get_proxy(n).needs for n in self.names)
+        if self.needs_teacher and teacher is None:
+            raise ConfigError(f"Proxies {self.names} compare against a teacher; configure teacher=... .")
+        self.space, self.batches, self.settings, self.teacher = space, batches, settings, teacher
+        self.num_classes, self.seed = num_classes, seed
+        self.input_size = batches[0].x.shape[-1]
+        self.stats: list[TeacherStats] | None = None
+        super().__init__(cache_dir, {
+            "kind": "proxy", "names": list(self.names), "settings": asdict(settings),
+            "teacher": teacher_identity if self.needs_teacher else None, "num_classes": num_classes, "seed": seed,
+            "batches": [[tensor_sha256(b.x), tensor_sha256(b.y)] for b in batches]})
+
+    def build(self, arch: Arch) -> FeatureNet:
+        model = build_candidate(self.space, arch, self.num_classes, self.input_size, self.seed)
+        return apply_init(model, self.settings.init).to(self.batches[0].x.device)
+
+    def per_batch(self, model: FeatureNet, names: Sequence[str]) -> list[dict[str, float]]:
+        stats = self.teacher_stats() if self.needs_teacher else [None] * len(self.batches)
+        return [compute_proxies(model, b, names, s) for b, s in zip(self.batches, stats)]
+
+    def teacher_stats(self) -> list[TeacherStats]:
+        """Once per evaluator (so once per search): the teacher pass on each batch, and for ``combine=rank``
+        the DisWOT terms of ``rank_reference`` sampled archs on each batch."""
+        if self.stats is None:
+            s = self.settings
+            teacher = self.teacher()
+            self.stats = [teacher_stats(teacher, b, semantic=s.semantic, combine=s.combine) for b in self.batches]
+            log.info("DisWOT teacher statistics computed on %d batch(es), once for this search", len(self.batches))
+            if s.combine == "rank":
+                refs = [self.per_batch(self.build(a), TERMS) for a in self.reference_archs()]
+                for i, st in enumerate(self.stats):
+                    st.reference = {t: torch.tensor([r[i][t] for r in refs]) for t in TERMS}
+        return self.stats
+
+    def reference_archs(self) -> list[Arch]:
+        rng, archs = random.Random(derive_seed(self.seed, "rank-reference")), {}
+        for _ in range(50 * self.settings.rank_reference):
+            arch = self.space.sample(rng)
+            archs[arch.arch_id] = arch
+            if len(archs) == self.settings.rank_reference:
+                break
+        return list(archs.values())
+
+    def evaluate_one(self, arch: Arch) -> dict[str, Any]:
+        """Scores averaged over the batches; the costs come from the same pass (the ``params`` and ``flops``
+        proxies, as :mod:`kdnas.spaces.costs` defines them, cheaper than a second, meta-device count)."""
+        start = time.perf_counter()
+        runs = self.per_batch(self.build(arch), (*self.names, *COSTS))
+        scores = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
+        return {"reward": scores[self.settings.name], "costs": {k: int(scores[k]) for k in COSTS},
+                "scores": {k: v for k, v in scores.items() if k not in COSTS or k in self.names},
+                "seconds": time.perf_counter() - start}
+
+
+def proxy_evaluator(ctx: RunContext, space: SearchSpace, names: Sequence[str] = ()) -> ProxyEvaluator:
+    """The :class:`ProxyEvaluator` of ``ctx.cfg.proxy`` (teacher per ``proxy.teacher_state``)."""
+    cfg = ctx.cfg
+    settings = ProxySettings.from_config(cfg.proxy)
+    device = resolve_device(cfg.trainer.device)
+    num_classes = ctx.data.num_classes
+    if settings.teacher_state == "random":
+        def teacher() -> nn.Module:
+            net = build_model(ModelConfig(name=cfg.teacher.model), num_classes, derive_seed(cfg.seed, "proxy-teacher"))
+            return apply_init(net, settings.init).to(device).train()  # train-mode BN, as the candidates
+
+        identity: Any = {"state": "random", "model": cfg.teacher.model}
+    else:
+        trained = build_teacher(ctx).to(device)  # frozen, eval mode
+        teacher, identity = (lambda: trained), {"state": "trained", "weights": trained.hashes}
+    return ProxyEvaluator(space, proxy_batches(ctx.data, settings, cfg.seed, device), settings, names=names,
+                          teacher=teacher, teacher_identity=identity, num_classes=num_classes, seed=cfg.seed,
+                          cache_dir=ctx.cache_dir)
+
+
+# -- short training ---------------------------------------------------------------------------------
+
+
+class TrainEvaluator(CachedEvaluator):
+    """Trains each candidate with ``distill`` (KD from the teacher, or CE alone) and ``trainer`` on mini-train;
+    reward = last-epoch mini-val top-1. Candidate runs live in ``runs/<arch_id>`` (resumable; their
+    checkpoints are deleted once the result is cached)."""
+
+    def __init__(self, ctx: RunContext, space: SearchSpace, *, distill: DistillConfig, trainer: TrainerConfig,
+                 seed: int, runs: RunDir, costs: CostModel | None = None) -> None:
+        if ctx.data.num_samples("val") == 0:
+            raise ConfigError("Candidate training is scored on mini-val: set data.val_fraction > 0 (e.g. 0.1).")
+        self.ctx, self.space, self.distill, self.trainer = ctx, space, distill, trainer
+        self.seed, self.runs = seed, runs
+        self.teacher = build_teacher(ctx) if set(active_weights(distill)) - {"ce"} else None
+        self.costs = costs or CostModel(space, ctx.data.num_classes, ctx.data.input_size)
+        data = ctx.cfg.data
+        super().__init__(ctx.cache_dir, {
+            "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
+            "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.fingerprint,
+            "split": {"val_fraction": data.val_fraction, "split_seed": data.split_seed, "augment": data.augment,
+                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed})
+
+    def evaluate_one(self, arch: Arch) -> dict[str, Any]:
+        from kdnas.tasks.distill import distill_student
+
+        seed = derive_seed(self.seed, "candidate", arch.arch_id)
+        model = build_candidate(self.space, arch, self.ctx.data.num_classes, self.ctx.data.input_size, seed)
+        run = self.runs.sub(arch.arch_id)
+        start = time.perf_counter()
+        summary = distill_student(self.ctx, model, self.teacher, self.distill, run, seed,
+                                  student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer)
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        return {"reward": summary["val_top1_last"], "val_top1": summary["val_top1_last"],
+                "test_top1": summary["test_top1_last"], "costs": self.costs(arch, COSTS),
+                "seconds": time.perf_counter() - start}
+
+
+CE_ONLY = {"weights": {"ce": 1.0}}
+
+
+def train_evaluator(ctx: RunContext, space: SearchSpace, *, objective: str, trainer: Any, seed: int, runs: RunDir,
+                    costs: CostModel | None = None) -> TrainEvaluator:
+    """``objective``: ``kd`` (the ``distill:`` config, KD by default) or ``ce``; ``trainer`` overrides merged
+    over the run's ``trainer:`` (the candidate recipe)."""
+    if objective not in ("kd", "ce"):
+        raise ConfigError(f"Candidate training objective {objective!r} is not one of kd, ce.")
+    recipe = to_object(OmegaConf.merge(ctx.cfg.trainer, trainer or {}), TrainerConfig)
+    distill = distill_config(CE_ONLY if objective == "ce" else ctx.cfg.distill)
+    return TrainEvaluator(ctx, space, distill=distill, trainer=recipe, seed=seed, runs=runs, costs=costs)

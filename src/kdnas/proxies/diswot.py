@@ -1,0 +1,105 @@
+"""DisWOT (Dong et al., "DisWOT: Student Architecture Search for Distillation WithOut Training", CVPR 2023)
+as a training-free proxy: how similar a candidate student is to the teacher, both at initialisation.
+
+* semantic similarity (paper Eq. 1-2): the Grad-CAM input, i.e. the gradient of CE w.r.t. the classifier
+  weight, compared per class channel by channel (``semantic=official``, equal widths only) or as a K x K
+  class-similarity matrix (``semantic=class``, any widths; used automatically when the widths differ);
+* relational similarity (Eq. 3-4): SP-style B x B Gram matrices of the pre-pooling feature maps.
+
+The terms are the functions of :mod:`kdnas.distill.functional`, so the proxy and the DisWOT-dagger
+distillation loss are the same quantities. Changes from the official code: the classifier gradient is the
+closed form ``fc_grad`` (one forward pass per candidate, no backward, so no gradient can leak from one
+candidate into the next as the official un-zeroed ``.grad`` does); the teacher's statistics are computed
+once per search (:func:`teacher_stats`) on the batch every candidate sees; shapes are checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from kdnas.data import Batch
+from kdnas.distill.functional import fc_grad, relational, semantic_class, semantic_official
+from kdnas.errors import ConfigError
+from kdnas.models.features import FeatureNet, Features
+from kdnas.proxies.base import Probe, register_proxy
+
+SEMANTIC_FORMS = {"official": semantic_official, "class": semantic_class}
+TERMS = ("diswot_semantic", "diswot_relational")
+COMBINES = ("semantic", "relational", "sum", "rank")
+
+
+@dataclass
+class TeacherStats:
+    """What a candidate is compared with: the teacher's classifier gradient [K, C_t] and pre-pooling map
+    [B, C, H, W] on the search's fixed batch, and how to compare (``semantic`` form, ``combine`` mode).
+
+    ``reference`` holds each term over a reference set of archs; ``combine=rank`` scores a candidate by its
+    mean rank (empirical CDF) within it, so that neither term's scale dominates the sum."""
+
+    fc_grad: Tensor
+    feature_map: Tensor
+    semantic: str = "official"
+    combine: str = "sum"
+    reference: dict[str, Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.semantic not in SEMANTIC_FORMS:
+            raise ConfigError(f"proxy.semantic={self.semantic!r} is not one of {', '.join(SEMANTIC_FORMS)}.")
+        if self.combine not in COMBINES:
+            raise ConfigError(f"proxy.combine={self.combine!r} is not one of {', '.join(COMBINES)}.")
+
+
+@torch.no_grad()
+def teacher_stats(teacher: FeatureNet, batch: Batch, *, semantic: str = "official", combine: str = "sum"
+                  ) -> TeacherStats:
+    """One teacher forward pass on ``batch``, in the teacher's current mode (the caller decides: train-mode
+    BN for a randomly initialised teacher, as the official code, eval mode for a trained one)."""
+    feats = teacher.forward_features(batch.x)
+    return TeacherStats(fc_grad(feats.embedding, feats.logits, batch.y), feats.feature_map, semantic, combine)
+
+
+def semantic_score(features: Features, target: Tensor, stats: TeacherStats) -> float:
+    """Semantic similarity (higher = more similar); the class form when the official one cannot pair
+    channels (student and teacher widths differ)."""
+    g_s = fc_grad(features.embedding, features.logits, target)
+    form = stats.semantic if g_s.shape == stats.fc_grad.shape else "class"
+    return SEMANTIC_FORMS[form](g_s, stats.fc_grad).item()
+
+
+def ecdf(reference: Tensor, value: float) -> float:
+    """Mid-rank empirical CDF of ``value`` within ``reference``, in [0, 1]."""
+    below, ties = (reference < value).sum().item(), (reference == value).sum().item()
+    return (below + 0.5 * ties) / len(reference)
+
+
+def combine_terms(terms: dict[str, float], combine: str, reference: dict[str, Tensor] | None = None) -> float:
+    """``proxy.combine``: one term, their raw sum (the paper's fitness), or their mean rank-normalised value."""
+    if combine == "semantic":
+        return terms["diswot_semantic"]
+    if combine == "relational":
+        return terms["diswot_relational"]
+    if combine == "sum":
+        return terms["diswot_semantic"] + terms["diswot_relational"]
+    if reference is None:
+        raise ConfigError("proxy.combine=rank needs reference scores (set proxy.rank_reference > 0).")
+    return sum(ecdf(reference[t], terms[t]) for t in TERMS) / len(TERMS)
+
+
+@register_proxy("diswot_semantic", needs={"forward", "teacher"})
+def diswot_semantic(p: Probe) -> float:
+    return semantic_score(p.features, p.batch.y, p.teacher)
+
+
+@register_proxy("diswot_relational", needs={"forward", "teacher"})
+def diswot_relational(p: Probe) -> float:
+    return relational(p.features.feature_map, p.teacher.feature_map).item()
+
+
+@register_proxy("diswot", needs={"forward", "teacher"})
+def diswot(p: Probe) -> dict[str, float]:
+    """The combined score (``proxy.combine``), reported with both terms."""
+    terms = {"diswot_semantic": diswot_semantic(p), "diswot_relational": diswot_relational(p)}
+    return {"diswot": combine_terms(terms, p.teacher.combine, p.teacher.reference), **terms}

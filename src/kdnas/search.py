@@ -1,0 +1,156 @@
+"""The search loop every sample-based strategy shares (random, zero-cost, DisWOT evolution, AKD, KDAS):
+
+    while budget left:
+        archs = strategy.ask(n)
+        results = evaluator.evaluate(archs)        # cached by (arch_id, evaluator fingerprint)
+        strategy.tell(archs, results)
+        checkpoint(strategy.state_dict(), history) # atomically, every step
+
+``search.budget`` counts candidate evaluations (cache hits included), ``search.batch`` archs per step.
+A killed search rerun in the same folder restores the last checkpoint (strategy state with its RNG),
+truncates ``history.jsonl`` to it and continues: it ends with the uninterrupted run's result.
+
+Writes in its run folder: ``history.jsonl`` (one line per evaluated arch: step, arch, arch_id, reward,
+scores, costs), ``best_arch.json`` (an arch file task=distill ``student.arch=`` reads), ``topk.json`` and
+``search_checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdnas.config import TrainerConfig
+from kdnas.context import RunContext, to_object
+from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from kdnas.engine.trainer import apply_runtime
+from kdnas.errors import CheckpointError, ConfigError
+from kdnas.evaluators import Evaluator, proxy_evaluator, train_evaluator
+from kdnas.runs import RunDir
+from kdnas.spaces import space_from_config
+from kdnas.spaces.constraints import constraint_from_config
+from kdnas.spaces.costs import CostModel
+from kdnas.strategies import Strategy, create_strategy, reward_key
+from kdnas.utils import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("kdnas")
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class SearchSettings:
+    """The ``search:`` config group."""
+
+    budget: int = 64  # candidate evaluations
+    batch: int = 8  # archs per ask/tell step
+    evaluator: str = "proxy"  # proxy (training-free, proxy=...) | train (short training per candidate)
+    objective: str = "kd"  # train evaluator: kd (distill=...) | ce
+    trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
+    top_k: int = 5  # archs listed in topk.json
+
+    def __post_init__(self) -> None:
+        if self.budget < 1 or self.batch < 1:
+            raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
+        if self.evaluator not in ("proxy", "train"):
+            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train.")
+
+    @classmethod
+    def from_config(cls, node: Any) -> SearchSettings:
+        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown key(s) {', '.join(f'search.{k}' for k in unknown)}; known: "
+                              f"{', '.join(f'search.{f.name}' for f in fields(cls))}.")
+        return cls(**cfg)
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` lines (those the restored checkpoint covers); atomic."""
+    lines = path.read_text().splitlines(keepends=True)[:keep] if path.exists() else []
+    atomic_write_bytes(path, "".join(lines).encode())
+
+
+def ranked(strategy: Strategy, k: int | None = None) -> list[dict[str, Any]]:
+    """The told archs, best reward first (ties: the earlier one), as JSON records."""
+    order = sorted(range(len(strategy.history)), key=lambda i: (-reward_key(strategy.history[i][1]), i))
+    return [{"rank": r + 1, "arch": strategy.history[i][0].to_json(), **strategy.history[i][1]}
+            for r, i in enumerate(order[:k])]
+
+
+def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget: int, batch: int, config_hash: str,
+               resume: bool = True, top_k: int = 5,
+               on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) the loop in ``run``; ``on_step(step, evaluated)`` is called after each checkpoint."""
+    ckpt_dir, history = run.path / "search_checkpoints", run.path / "history.jsonl"
+    evaluated = step = 0
+    latest = latest_checkpoint(ckpt_dir) if resume else None
+    if latest is not None:
+        _, state, meta = load_checkpoint(latest)
+        if meta.get("config_hash") != config_hash:
+            raise CheckpointError(f"The search in {str(run.path)!r} was run with a different configuration (config "
+                                  f"hash {meta.get('config_hash')} vs {config_hash}). Resume with the same overrides, "
+                                  "use a new run folder, or pass resume=false to start it over.")
+        strategy.load_state_dict(state["strategy"])
+        evaluated, step = state["evaluated"], state["step"]
+        log.info("search resumed at step %d (%d of %d evaluations done)", step, evaluated, budget)
+    _truncate_lines(history, evaluated)
+    start = time.perf_counter()
+    while evaluated < budget:
+        archs = strategy.ask(min(batch, budget - evaluated))
+        if not archs:
+            log.info("search: the space has no unseen valid arch left after %d evaluations", evaluated)
+            break
+        results = evaluator.evaluate(archs)
+        strategy.tell(archs, results)
+        step += 1
+        with open(history, "a") as f:
+            for arch, result in zip(archs, results):
+                f.write(json.dumps({"schema_version": SCHEMA_VERSION, "step": step, "arch_id": arch.arch_id,
+                                    "arch": arch.decisions, **result}) + "\n")
+        evaluated += len(archs)
+        save_checkpoint(ckpt_dir, f"step_{step:05d}", model_state={},
+                        state={"strategy": strategy.state_dict(), "evaluated": evaluated, "step": step},
+                        meta={"config_hash": config_hash, "evaluated": evaluated})
+        best = strategy.best()
+        log.info("search step %d: %d/%d evaluated, best reward %.6g (%s)", step, evaluated, budget,
+                 best[1]["reward"], best[0].arch_id)
+        if on_step is not None:
+            on_step(step, evaluated)
+    top = ranked(strategy, top_k)
+    if not top:
+        raise ConfigError("The search evaluated no architecture: raise search.budget or check the space/constraint.")
+    atomic_write_json(run.path / "best_arch.json", {**top[0]["arch"], "result": {k: v for k, v in top[0].items()
+                                                                                  if k not in ("arch", "rank")}})
+    atomic_write_json(run.path / "topk.json", {"schema_version": SCHEMA_VERSION, "top": top})
+    best_arch, best_result = strategy.best()
+    return {"best_arch_id": best_arch.arch_id, "best_arch": best_arch.decisions, "best_reward": best_result["reward"],
+            "evaluated": evaluated, "steps": step, "strategy": strategy.name,
+            "search_seconds_this_session": time.perf_counter() - start,
+            "best_arch_path": str(run.path / "best_arch.json")}
+
+
+def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
+    """Build space, constraint, strategy and evaluator from the config and run the loop in ``run``."""
+    cfg = ctx.cfg
+    apply_runtime(to_object(cfg.trainer, TrainerConfig))  # threads and determinism: no Trainer may be built
+    settings = SearchSettings.from_config(cfg.search)
+    space = space_from_config(cfg.space)
+    costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
+    strategy = create_strategy(cfg.strategy, space, constraint=constraint_from_config(cfg.constraint), costs=costs,
+                               seed=cfg.seed)
+    if settings.evaluator == "proxy":
+        evaluator: Any = proxy_evaluator(ctx, space)
+    else:
+        evaluator = train_evaluator(ctx, space, objective=settings.objective, trainer=settings.trainer, seed=cfg.seed,
+                                    runs=run.sub("candidates"), costs=costs)
+    summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
+                         config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k)
+    return {**summary, "space": space.name, "evaluator": settings.evaluator, "evaluator_fingerprint":
+            evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses}

@@ -1,0 +1,16 @@
+"""Search spaces: architectures as JSON, networks built from them, their costs and constraints."""
+
+from kdnas.spaces.base import (
+    Arch,
+    Decision,
+    SearchSpace,
+    create_space,
+    list_spaces,
+    load_arch,
+    register_space,
+    space_for,
+    space_from_config,
+)
+
+__all__ = ["Arch", "Decision", "SearchSpace", "create_space", "list_spaces", "load_arch", "register_space",
+           "space_for", "space_from_config"]

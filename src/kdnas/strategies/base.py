@@ -1,0 +1,146 @@
+"""The ask/tell protocol every sample-based search strategy follows (as NNI v3's strategies), and the
+strategy registry.
+
+    archs = strategy.ask(n)           # up to n new, constraint-satisfying, never-proposed archs
+    strategy.tell(archs, results)     # results in ask order; each a dict with a float ``reward``
+    state = strategy.state_dict()     # JSON-able (tensors allowed), taken after tell
+    strategy.load_state_dict(state)   # a fresh strategy continues exactly where that one was
+
+``ask`` may return fewer than ``n`` archs (an evolution still filling its population) and returns none
+once the space has no unseen valid arch left. Randomness comes from the strategy's own ``random.Random``
+(seeded from the run seed), whose state is part of ``state_dict``, so a resumed search repeats the
+uninterrupted trajectory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdnas.errors import ConfigError
+from kdnas.spaces.base import Arch, SearchSpace
+from kdnas.spaces.constraints import Constraint, sample_valid
+from kdnas.spaces.costs import CostModel
+from kdnas.utils import derive_seed
+
+
+def reward_key(result: Mapping[str, Any]) -> float:
+    """The reward as a sort key: NaN (a failed proxy) ranks below everything."""
+    r = float(result["reward"])
+    return -math.inf if math.isnan(r) else r
+
+
+class Strategy:
+    """Shared bookkeeping: the history of told (arch, result) pairs, the ids already proposed, the
+    constraint check, and a seeded RNG."""
+
+    name = ""
+
+    def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
+                 seed: int = 0, max_tries: int = 200) -> None:
+        self.space, self.constraint = space, constraint or Constraint()
+        self.costs = costs or CostModel(space)
+        self.max_tries = max_tries
+        self.rng = random.Random(derive_seed(seed, "strategy", self.name))
+        self.history: list[tuple[Arch, dict[str, Any]]] = []
+        self.seen: set[str] = set()
+
+    # -- the protocol -----------------------------------------------------------------------------
+    def ask(self, n: int) -> list[Arch]:
+        raise NotImplementedError
+
+    def tell(self, archs: Sequence[Arch], results: Sequence[Mapping[str, Any]]) -> None:
+        if len(archs) != len(results):
+            raise ValueError(f"tell: {len(archs)} archs but {len(results)} results")
+        for arch, result in zip(archs, results):
+            self.history.append((arch, dict(result)))
+            self.on_result(arch, dict(result))
+
+    def on_result(self, arch: Arch, result: dict[str, Any]) -> None:
+        """Subclass hook, called once per told arch in ask order."""
+
+    def best(self) -> tuple[Arch, dict[str, Any]] | None:
+        return max(self.history, key=lambda h: reward_key(h[1]), default=None)
+
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"name": self.name, "rng": [version, list(internal), gauss], "seen": sorted(self.seen),
+                "history": [{"arch": a.to_json(), "result": r} for a, r in self.history]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["name"] != self.name:
+            raise ConfigError(f"Search state was written by strategy {state['name']!r}, not {self.name!r}: resume "
+                              "with the same strategy, or start a new run folder.")
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.seen = set(state["seen"])
+        self.history = [(self.space.decode(h["arch"]), dict(h["result"])) for h in state["history"]]
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def valid(self, arch: Arch) -> bool:
+        """Meets a hard constraint (a soft one only shapes rewards, so every arch is valid)."""
+        if self.constraint.mode == "soft" or not self.constraint.targets:
+            return True
+        return self.constraint.check(self.costs(arch, list(self.constraint.targets)))[0]
+
+    def propose(self, arch: Arch) -> Arch:
+        self.seen.add(arch.arch_id)
+        return arch
+
+    def sample_new(self) -> Arch | None:
+        """A random valid arch not proposed before; None when ``max_tries`` samples found none (a small
+        space nearly exhausted). Raises ConstraintError when no sample meets the constraint at all."""
+        for _ in range(self.max_tries):
+            arch = sample_valid(self.space, self.rng, self.constraint, self.max_tries, self.costs)
+            if arch.arch_id not in self.seen:
+                return self.propose(arch)
+        return None
+
+
+_STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        if name in _STRATEGIES:
+            raise ValueError(f"strategy {name!r} registered twice")
+        cls.name = name
+        _STRATEGIES[name] = cls
+        return cls
+
+    return add
+
+
+def _import_strategies() -> None:
+    from kdnas.strategies import evolution, random  # noqa: F401
+
+
+def list_strategies() -> list[str]:
+    _import_strategies()
+    return sorted(_STRATEGIES)
+
+
+def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSpace, *,
+                    constraint: Constraint | None = None, costs: CostModel | None = None, seed: int = 0) -> Strategy:
+    """The strategy a ``strategy:`` config node describes (``name`` plus that strategy's keys)."""
+    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    name = cfg.pop("name", None)
+    _import_strategies()
+    if name not in _STRATEGIES:
+        raise ConfigError(f"Unknown search strategy strategy.name={name!r}; available: "
+                          f"{', '.join(sorted(_STRATEGIES))} (pick one with strategy=<name>).")
+    cls = _STRATEGIES[name]
+    accepted = {name for c in cls.__mro__ if "__init__" in vars(c)
+                for name, p in inspect.signature(c.__init__).parameters.items()
+                if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", "space", "constraint",
+                                                                                     "costs", "seed"}
+    unknown = sorted(set(cfg) - accepted)
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {', '.join(f'strategy.{k}' for k in unknown)} for strategy {name!r}; "
+                          f"it accepts {', '.join(f'strategy.{k}' for k in sorted(accepted))}.")
+    return cls(space, constraint=constraint, costs=costs, seed=seed, **cfg)

@@ -1,0 +1,203 @@
+"""task=correlate: how well each training-free proxy predicts trained accuracy over an arch set.
+
+For every arch of ``space=`` (``correlate.archs=all``) or N sampled ones, every proxy of
+``correlate.proxies`` is computed on the search's fixed batch, and a ground truth is obtained by training
+the arch with KD from the teacher and with CE alone (``correlate.trainer`` overrides the recipe), or read
+from ``correlate.ground_truth=FILE``. Trained results are cached per (arch_id, recipe hash): a killed run
+rerun continues where it stopped, and a rerun trains nothing.
+
+DisWOT is reported as its two terms, their raw sum (``diswot_sum``, the paper's fitness) and their mean
+rank-normalised value over the set (``diswot_rank``). Writes ``correlate.md`` (Spearman, Kendall,
+precision at top-k, partial Spearman given the parameter count, Spearman within parameter bands, seed
+noise), ``correlate.json``, ``correlate.tsv`` (one row per arch), ``ground_truth.tsv`` (one row per arch and
+seed; readable as ``correlate.ground_truth``) and ``scatter_<truth>.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from kdnas.config import TrainerConfig
+from kdnas.context import RunContext, to_object
+from kdnas.correlation import markdown, proxy_stats, rank_normalise, scatter, seed_noise
+from kdnas.engine.trainer import apply_runtime
+from kdnas.errors import ConfigError
+from kdnas.evaluators import proxy_evaluator, train_evaluator
+from kdnas.proxies.diswot import TERMS
+from kdnas.spaces import space_from_config
+from kdnas.spaces.base import Arch, SearchSpace
+from kdnas.spaces.costs import CostModel
+from kdnas.utils import atomic_write_json, derive_seed
+
+Truth = dict[str, dict[str, list[float]]]  # ground truth name -> arch_id -> accuracy per seed
+MAX_ENUMERATED = 10_000
+SUFFIX = "_top1"
+
+
+@dataclass
+class CorrelateSettings:
+    """The ``correlate:`` config group."""
+
+    archs: Any = "all"  # all | N
+    proxies: list[str] = field(default_factory=lambda: ["diswot", "params"])
+    objectives: list[str] = field(default_factory=lambda: ["kd", "ce"])
+    trainer: dict[str, Any] = field(default_factory=dict)
+    ground_truth: str | None = None
+    metric: str = "val_top1"  # val_top1 | test_top1
+    noise_seeds: int = 1
+    noise_subset: int = 4
+    top_k: int = 5
+    bands: int = 3
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("val_top1", "test_top1"):
+            raise ConfigError(f"correlate.metric={self.metric!r} is not one of val_top1, test_top1.")
+
+    @classmethod
+    def from_config(cls, node: Any) -> CorrelateSettings:
+        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+        unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"Unknown key(s) {', '.join(f'correlate.{k}' for k in unknown)}; known: "
+                              f"{', '.join(f'correlate.{f.name}' for f in fields(cls))}.")
+        return cls(**cfg)
+
+
+def arch_set(space: SearchSpace, spec: Any, seed: int) -> list[Arch]:
+    """Every arch (``all``, in enumeration order) or ``spec`` distinct sampled ones (seeded)."""
+    if str(spec) == "all":
+        size = space.size()
+        if size is None or size > MAX_ENUMERATED:
+            raise ConfigError(f"correlate.archs=all: space {space.name!r} has {size or 'unbounded'} archs; pass a "
+                              f"number instead (correlate.archs=64).")
+        return list(space.enumerate())
+    n, rng, archs = int(spec), random.Random(derive_seed(seed, "correlate-archs")), {}
+    for _ in range(50 * n):
+        arch = space.sample(rng)
+        archs.setdefault(arch.arch_id, arch)
+        if len(archs) == n:
+            break
+    return list(archs.values())
+
+
+def _option(space: SearchSpace, name: str, cell: str, where: str) -> Any:
+    options = next(d.options for d in space.decisions() if d.name == name)
+    for option in options:
+        if str(option) == cell.strip():
+            return option
+    raise ConfigError(f"{where}: {name}={cell!r} is not an option of space {space.name!r} ({options}).")
+
+
+def read_ground_truth(path: str | Path, space: SearchSpace) -> tuple[list[Arch], Truth]:
+    """A TSV/CSV with one column per searchable decision and accuracy columns ``<name>_top1`` (e.g. kd_top1,
+    ce_top1); several rows of one arch are several seeds (the first is the ground truth)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"correlate.ground_truth={str(path)!r} does not exist.")
+    names = [d.name for d in space.decisions()]
+    archs: dict[str, Arch] = {}
+    truth: Truth = defaultdict(lambda: defaultdict(list))
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter="," if path.suffix == ".csv" else "\t")
+        missing = set(names) - set(reader.fieldnames or [])
+        if missing or not any(c.endswith(SUFFIX) for c in reader.fieldnames or []):
+            raise ConfigError(f"{path}: needs columns {names} and at least one accuracy column <name>{SUFFIX} "
+                              f"(e.g. kd{SUFFIX}); missing {sorted(missing)}.")
+        for i, row in enumerate(reader, start=2):
+            arch = space.make({n: _option(space, n, row[n], f"{path}:{i}") for n in names})
+            archs.setdefault(arch.arch_id, arch)
+            for col, cell in row.items():
+                if col.endswith(SUFFIX) and cell not in ("", None):
+                    truth[col][arch.arch_id].append(float(cell))
+    return list(archs.values()), {k: dict(v) for k, v in truth.items()}
+
+
+def noise_subset(archs: list[Arch], k: int) -> list[Arch]:
+    """``k`` archs spread evenly over the set (small to large in enumeration order)."""
+    idx = np.unique(np.linspace(0, len(archs) - 1, min(k, len(archs))).round().astype(int))
+    return [archs[i] for i in idx]
+
+
+def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs: list[Arch], costs: CostModel
+                ) -> Truth:
+    truth: Truth = {}
+    for objective in s.objectives:
+        per_arch: dict[str, list[float]] = defaultdict(list)
+        for k in range(1 + s.noise_seeds):
+            subset = archs if k == 0 else noise_subset(archs, s.noise_subset)
+            seed = ctx.cfg.seed + k
+            ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
+                                 runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"))
+            for arch, result in zip(subset, ev.evaluate(subset)):
+                per_arch[arch.arch_id].append(result[s.metric])
+        truth[f"{objective}{SUFFIX}"] = dict(per_arch)
+    return truth
+
+
+def proxy_columns(results: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """One column per reported score; DisWOT as its terms, their raw sum and mean in-set rank."""
+    columns = {k: [r["scores"][k] for r in results] for k in results[0]["scores"]}
+    if set(TERMS) <= set(columns):
+        sem, rel = (np.asarray(columns[t]) for t in TERMS)
+        columns.pop("diswot", None)
+        columns["diswot_sum"] = list(sem + rel)
+        columns["diswot_rank"] = list((rank_normalise(sem) + rank_normalise(rel)) / 2)
+    return columns
+
+
+def _write_tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    apply_runtime(to_object(cfg.trainer, TrainerConfig))
+    s = CorrelateSettings.from_config(cfg.correlate)
+    space = space_from_config(cfg.space)
+    costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
+    if s.ground_truth:
+        archs, truth = read_ground_truth(s.ground_truth, space)
+    else:
+        archs = arch_set(space, s.archs, cfg.seed)
+        truth = train_truth(ctx, space, s, archs, costs)
+    scored = proxy_evaluator(ctx, space, names=s.proxies).evaluate(archs)
+    columns = proxy_columns(scored)
+    params = [r["costs"]["params"] for r in scored]
+    results, noise = {}, {}
+    for name, per_arch in truth.items():
+        ids = [i for i, a in enumerate(archs) if a.arch_id in per_arch]
+        y = [per_arch[archs[i].arch_id][0] for i in ids]
+        cols = {p: [v[i] for i in ids] for p, v in columns.items()}
+        results[name] = {p: proxy_stats(c, y, [params[i] for i in ids], top_k=s.top_k, bands=s.bands)
+                         for p, c in cols.items()}
+        noise[name] = seed_noise(per_arch)
+        spread = {j: per_arch[archs[i].arch_id] for j, i in enumerate(ids) if len(per_arch[archs[i].arch_id]) > 1}
+        scatter(ctx.run.path / f"scatter_{name}.png", cols, y, name, spread, results[name])
+    text = markdown(results, noise, s.top_k, len(archs))
+    (ctx.run.path / "correlate.md").write_text(text + "\n")
+    atomic_write_json(ctx.run.path / "correlate.json", {"schema_version": 1, "archs": len(archs), "results": results,
+                                                       "noise": noise})
+    decisions = [d.name for d in space.decisions()]
+    _write_tsv(ctx.run.path / "correlate.tsv", ["arch_id", *decisions, "params_count", *columns, *truth],
+               [[a.arch_id, *(a.decisions[d] for d in decisions), params[i], *(columns[c][i] for c in columns),
+                 *(truth[t].get(a.arch_id, [""])[0] for t in truth)] for i, a in enumerate(archs)])
+    seeds = max((len(v) for per_arch in truth.values() for v in per_arch.values()), default=0)
+    _write_tsv(ctx.run.path / "ground_truth.tsv", [*decisions, "seed", *truth],
+               [[*(a.decisions[d] for d in decisions), k, *((truth[t].get(a.arch_id, []) + [""] * seeds)[k]
+                                                            for t in truth)]
+                for a in archs for k in range(seeds) if any(len(truth[t].get(a.arch_id, [])) > k for t in truth)])
+    print(text)
+    best = {name: max(r, key=lambda p: np.nan_to_num(r[p]["spearman"], nan=-2)) for name, r in results.items()}
+    return {"archs": len(archs), "best_proxy": best, "spearman": {name: {p: r[p]["spearman"] for p in r}
+                                                                  for name, r in results.items()}}

@@ -1,0 +1,116 @@
+"""task=distill: train a student (zoo name, ``timm:<name>``, or a searched architecture ``student.arch=PATH``)
+from a teacher (store, checkpoint, ensemble) with any weighted sum of distillation terms (``distill=...``).
+
+Reports the distilled student's best and last top-1 and, with ``distill.compare_ce=true``, those of the same
+student (same init, data order and recipe) trained with cross-entropy alone, and the gain. Schemes
+(``distill.scheme=NAME``) live in ``kdnas.distill.schemes.NAME`` and build on :func:`distill_student`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from kdnas.config import TrainerConfig
+from kdnas.context import RunContext, build_model, to_object
+from kdnas.distill.objective import DistillObjective
+from kdnas.distill.teachers import Teacher, build_teacher
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.engine.trainer import write_model_card
+from kdnas.errors import ConfigError
+from kdnas.runs import RunDir
+from kdnas.utils import derive_seed, resolve_device
+
+TOP1 = ("test_top1_best", "test_top1_last")
+
+
+def student_factory(ctx: RunContext) -> tuple[Callable[[], nn.Module], str, Path | None]:
+    """(build a fresh student with its seeded init, its name, the arch JSON it came from or None)."""
+    cfg, num_classes = ctx.cfg, ctx.data.num_classes
+    arch_path = OmegaConf.select(cfg, "student.arch", default=None)
+    if arch_path is None:
+        return (lambda: build_model(cfg.model, num_classes, cfg.seed)), str(cfg.model.name), None
+    try:
+        from kdnas.spaces import create_space, load_arch
+    except ImportError:
+        raise ConfigError("student.arch=PATH needs kdnas.spaces (load_arch, create_space), which this install "
+                          "lacks; distil a zoo or timm student with model=NAME instead.") from None
+    path = Path(arch_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"student.arch={str(path)!r} does not exist: pass the arch JSON a search run wrote.")
+    arch = load_arch(path)
+    space = create_space(arch.space)
+
+    def make() -> nn.Module:
+        torch.manual_seed(derive_seed(cfg.seed, "init", arch.arch_id))
+        return space.build(arch, num_classes=num_classes)
+
+    return make, f"arch:{arch.arch_id}", path
+
+
+def _write_card(ctx: RunContext, run: RunDir, name: str, **extra: Any) -> None:
+    write_model_card(run.path / "model.json", model=name, num_classes=ctx.data.num_classes, data=ctx.cfg.data.name,
+                     data_fingerprint=ctx.data.fingerprint, **extra)
+
+
+def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher | None,
+                    distill_cfg: DistillConfig | Any, run: RunDir, seed: int, *, student_name: str | None = None,
+                    trainer_cfg: TrainerConfig | Any | None = None) -> dict[str, Any]:
+    """Distil ``student_model`` from ``teacher`` into ``run`` (resuming there); return the trainer summary
+    with the student, teacher, active loss weights and the teacher's test top-1.
+
+    The building block of task=distill and of the schemes: ``teacher`` may be None for a CE-only loss;
+    ``trainer_cfg`` defaults to ``ctx.cfg.trainer``; ``student_name`` (default ``model.name``) picks the
+    per-pair DKD beta. Writes ``model.safetensors`` and ``model.json`` in ``run``.
+    """
+    cfg = distill_config(distill_cfg)
+    tcfg = to_object(trainer_cfg if trainer_cfg is not None else ctx.cfg.trainer, TrainerConfig)
+    name = student_name or str(ctx.cfg.model.name)
+    if teacher is not None:
+        teacher.to(resolve_device(tcfg.device), memory_format=torch.channels_last)
+    objective = DistillObjective(cfg, student_model, teacher, data=ctx.data, split=tcfg.train_split, seed=seed,
+                                 student_name=name, cache_dir=ctx.cache_dir)
+    trainer = ctx.trainer(student_model, trainer_cfg=tcfg, run=run, objective=objective, seed=seed)
+    summary = trainer.fit(resume=ctx.resume)
+    teacher_names = teacher.names if teacher is not None else []
+    _write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg))
+    out = {"student": name, "teacher": teacher_names, "losses": active_weights(cfg), **summary}
+    if teacher is not None:
+        out["teacher_test_top1"] = trainer.evaluate("test", teacher)["top1"]
+    return out
+
+
+def run_scheme(ctx: RunContext, scheme: str) -> dict[str, Any]:
+    try:
+        module = importlib.import_module(f"kdnas.distill.schemes.{scheme}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"distill.scheme={scheme!r} is not a distillation scheme of this install (a module "
+                          "kdnas.distill.schemes.<name>); use distill.scheme=none for plain distillation.") from None
+    return module.run(ctx)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    dcfg = distill_config(cfg.distill)
+    if dcfg.scheme != "none":
+        return run_scheme(ctx, dcfg.scheme)
+    make_student, name, arch_path = student_factory(ctx)
+    teacher = build_teacher(ctx) if set(active_weights(dcfg)) - {"ce"} else None
+    summary = distill_student(ctx, make_student(), teacher, dcfg, ctx.run, cfg.seed, student_name=name)
+    if arch_path is not None:
+        shutil.copyfile(arch_path, ctx.run.path / "arch.json")
+    if dcfg.compare_ce:
+        ce_run = ctx.run.sub("ce")
+        ce = ctx.trainer(make_student(), run=ce_run, seed=cfg.seed).fit(resume=ctx.resume)
+        ce_run.write_summary(ce)
+        _write_card(ctx, ce_run, name)
+        summary.update({f"ce_{k}": ce[k] for k in TOP1})
+        summary.update({f"gain_{k}": summary[k] - ce[k] for k in TOP1})
+    return summary

@@ -1,0 +1,208 @@
+"""Bad inputs: each gives one clear paragraph naming the key or the fix (no traceback), a non-zero exit, and
+leaves nothing half-written."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+import kdnas
+from kdnas import utils
+from kdnas.api import compose
+from kdnas.context import RunContext
+from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint
+from kdnas.errors import CheckpointError, KdnasError
+from kdnas.runs import RunDir
+from kdnas.teachers import load_teacher
+
+from .conftest import SMOKE
+from .test_cli import kdnas_cli
+
+TINY = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=3"]
+RESULTS = ("summary.json", "model.safetensors")
+
+
+def fails_cleanly(proc, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def run_failed(run_dir: Path) -> None:
+    """The run folder says failed and holds no results."""
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not any((run_dir / name).exists() for name in RESULTS)
+
+
+class MakesMarker:
+    """Unpickling this creates a file: proof that a pickle was executed."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+# -- config and data ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("override", "needles"), [
+    ("data=nope", ("data/nope", "cifar10_mini")),  # unknown group option: the message lists the options
+    ("trainer.batch_size=many", ("batch_size", "many")),  # wrong type
+])
+def test_config_errors_stop_before_any_folder(override: str, needles: tuple[str, ...], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    fails_cleanly(kdnas_cli(*TINY, override, f"hydra.run.dir={run_dir}", cwd=tmp_path), *needles)
+    assert not run_dir.exists()
+
+
+def missing_folder(tmp: Path) -> Path:
+    return tmp / "nowhere"
+
+
+def empty_folder(tmp: Path) -> Path:
+    (tmp / "empty").mkdir()
+    return tmp / "empty"
+
+
+def corrupt_image_folder(tmp: Path) -> Path:
+    """train/{a,b}/ and test/{a,b}/ with tiny PNGs, and one .jpg that is not an image."""
+    root = tmp / "images"
+    for split, cls in ((s, c) for s in ("train", "test") for c in ("a", "b")):
+        (root / split / cls).mkdir(parents=True)
+        write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), str(root / split / cls / "0.png"))
+    (root / "train" / "b" / "broken.jpg").write_text("not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize(("data_root", "needles"), [
+    (missing_folder, ("data.root", "does not exist")),
+    (empty_folder, ("train/<class>",)),
+    (corrupt_image_folder, ("broken.jpg", "Replace or delete")),
+], ids=["missing root", "empty folder", "corrupt image"])
+def test_bad_data(data_root, needles: tuple[str, ...], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = kdnas_cli(*TINY, "data=imagefolder", f"data.root={data_root(tmp_path)}", f"hydra.run.dir={run_dir}",
+                     cwd=tmp_path)
+    fails_cleanly(proc, *needles)
+    run_failed(run_dir)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished")
+    kdnas.run("train", [*TINY, "trainer.epochs=2"], run_dir=str(run_dir))
+    return run_dir
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def truncate(ckpt: Path, marker: Path) -> None:
+    blob = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+
+
+def tamper(ckpt: Path, marker: Path) -> None:
+    blob = bytearray((ckpt / "state.safetensors").read_bytes())
+    blob[-1] ^= 0xFF  # same size, one byte changed
+    (ckpt / "state.safetensors").write_bytes(bytes(blob))
+
+
+def swap_in_pickle(ckpt: Path, marker: Path) -> None:
+    """A pickle in place of the weights, with meta.json's sha256 updated: only the format check is left."""
+    (ckpt / "model.safetensors").write_bytes(pickle.dumps(MakesMarker(marker)))
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["sha256"]["model.safetensors"] = sha256(ckpt / "model.safetensors")
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("damage", "needles"), [
+    (truncate, ("sha256", "truncated or tampered")),
+    (tamper, ("sha256", "truncated or tampered")),
+    (swap_in_pickle, ("never unpickles", "save_file")),
+], ids=["truncated", "tampered", "pickle"])
+def test_damaged_checkpoint_is_refused(damage, needles: tuple[str, ...], finished_run: Path, tmp_path: Path) -> None:
+    run_dir, marker = tmp_path / "run", tmp_path / "unpickled"
+    shutil.copytree(finished_run, run_dir)
+    for name in ("summary.json", "status.json", "model.safetensors"):  # as if killed before the end
+        (run_dir / name).unlink()
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    damage(ckpt, marker)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+
+    fails_cleanly(kdnas_cli(*TINY, "trainer.epochs=2", f"resume={run_dir}", cwd=tmp_path), *needles)
+    run_failed(run_dir)
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before and not marker.exists()
+
+
+@pytest.mark.parametrize(("damage", "needles"), [
+    (lambda path, marker: path.write_bytes(pickle.dumps(MakesMarker(marker))), ("never unpickles",)),
+    (lambda path, marker: path.write_bytes(path.read_bytes()[:200]), ("corrupt or truncated",)),
+], ids=["pickle", "truncated"])
+def test_bad_teacher_checkpoint_is_refused(damage, needles: tuple[str, ...], finished_run: Path,
+                                           tmp_path: Path) -> None:
+    weights, marker = tmp_path / "teacher.safetensors", tmp_path / "unpickled"
+    shutil.copyfile(finished_run / "model.safetensors", weights)
+    damage(weights, marker)
+    cfg = compose("train", [*TINY, "teacher=checkpoint", "teacher.model=resnet8", f"teacher.checkpoint={weights}"])
+    with pytest.raises(CheckpointError) as info:
+        load_teacher(RunContext(cfg, RunDir(tmp_path / "run")))
+    assert all(needle in str(info.value) for needle in needles) and str(weights) in str(info.value)
+    assert not marker.exists()
+
+
+# -- training and the output folder ----------------------------------------------------------------------
+
+def test_nan_loss_names_grad_clip_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    diverge = ["trainer.epochs=2", "trainer.schedule=multistep", "trainer.milestones=[1]", "trainer.gamma=1e30"]
+    fails_cleanly(kdnas_cli(*TINY, *diverge, f"hydra.run.dir={run_dir}", cwd=tmp_path), "grad_clip", "NaN")
+    run_failed(run_dir)
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None and latest.name == "epoch_0001"
+    weights, _, _ = load_checkpoint(latest)
+    assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    """A parent that is a regular file: unwritable even for root, which ignores permission bits."""
+    (tmp_path / "file").write_text("")
+    for mode in ([], ["-m", "seed=0,1"]):
+        folder = "hydra.sweep.dir" if mode else "hydra.run.dir"
+        proc = kdnas_cli(*mode, *TINY, f"{folder}={tmp_path / 'file' / 'run'}", cwd=tmp_path)
+        fails_cleanly(proc, str(tmp_path / "file" / "run"), "hydra.run.dir=DIR")
+
+
+def test_disk_full_keeps_the_previous_file_and_says_so(finished_run: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    summary = (run_dir / "summary.json").read_bytes()
+    real_write = utils.atomic_write_bytes
+
+    def full_disk(path: str | Path, data: bytes) -> None:
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(utils, "atomic_write_bytes", full_disk)
+    with pytest.raises(KdnasError, match="No space left on device") as info:
+        kdnas.run("train", [*TINY, "trainer.epochs=2", "resume=false"], run_dir=str(run_dir))
+    assert str(run_dir) in str(info.value) and "hydra.run.dir" in str(info.value)
+    assert (run_dir / "summary.json").read_bytes() == summary
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not list(run_dir.glob(".*.tmp"))

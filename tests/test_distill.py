@@ -1,0 +1,230 @@
+"""The distillation library: terms from config and command line, connectors, one short distillation per loss
+family, the teacher-logit cache, ensembles, task=distill end to end, and a teacher that never learns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+import kdnas
+from kdnas.api import compose
+from kdnas.config import DataConfig
+from kdnas.data import build_data
+from kdnas.distill.cache import TeacherLogitCache
+from kdnas.distill.connectors import ConvRegressor
+from kdnas.distill.objective import DistillObjective
+from kdnas.distill.teachers import Teacher, weights_sha256
+from kdnas.distill.terms import DistillConfig, LossWeights, active_weights, distill_config, dkd_beta
+from kdnas.errors import ConfigError
+from kdnas.models import create_model
+
+from .conftest import SMOKE
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "kdnas" / "conf"
+PRESETS = sorted(p.stem for p in (CONF / "distill").glob("*.yaml"))
+# 40 images (4 per class), no augmentation, two batches an epoch: the same views every epoch, so a term
+# that is optimised must go down between the first and the last epoch.
+OVERFIT = [*SMOKE, "model=resnet8", "teacher.model=resnet8", "data.max_train_per_class=4", "data.val_fraction=0",
+           "data.augment=false", "trainer.batch_size=20", "trainer.schedule=constant",
+           "trainer.eval_every=100", "trainer.checkpoint_every=100", "distill.dkd.warmup=1"]
+
+
+@pytest.fixture(scope="module")
+def data(kdnas_cache: Path):
+    return build_data(DataConfig(max_train_per_class=20, max_test_per_class=10), kdnas_cache, kdnas_cache)
+
+
+def teacher_net(name: str = "resnet8", seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=10)
+
+
+def objective(cfg: DistillConfig, data, teacher: Teacher, student: torch.nn.Module | None = None, **kw
+              ) -> DistillObjective:
+    student = student if student is not None else teacher_net("resnet8", 1)
+    return DistillObjective(cfg, student, teacher, data=data, split="train", seed=0, student_name="resnet8", **kw)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_every_preset_composes_and_validates() -> None:
+    for preset in PRESETS:
+        cfg = distill_config(compose("distill", [f"distill={preset}"]).distill)
+        assert active_weights(cfg), preset
+    kd = distill_config(compose("distill", ["distill=kd"]).distill)
+    assert active_weights(kd) == {"ce": 0.1, "kd": 0.9} and kd.temperature == 4.0
+
+
+def test_terms_add_from_the_command_line() -> None:
+    added = distill_config(compose("distill", ["distill=kd", "distill.weights.at=1000"]).distill)
+    preset = distill_config(compose("distill", ["distill=kd_at"]).distill)
+    assert active_weights(added) == active_weights(preset) == {"ce": 0.1, "kd": 0.9, "at": 1000.0}
+
+
+def test_bad_distill_keys_fail_clearly() -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose("distill", ["distill.weights.kd=abc"])
+    assert "kd" in str(info.value) + str(info.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        compose("distill", ["distill.weights.not_a_loss=1"])
+    # `+` slips an unknown key past Hydra; building the config names it.
+    cfg = compose("distill", ["+distill.weights.not_a_loss=1"])
+    with pytest.raises(ConfigError, match="not_a_loss"):
+        distill_config(cfg.distill)
+    with pytest.raises(ConfigError, match="negative"):
+        distill_config(DistillConfig(weights=LossWeights(kd=-1.0)))
+
+
+def test_shipped_experiments_compose() -> None:
+    for path in sorted((CONF / "experiment").glob("*_resnet*.yaml")):
+        cfg = compose("distill", [f"experiment={path.stem}"])
+        family, teacher, student = path.stem.rsplit("_", 2)
+        assert set(family.split("_")) <= set(active_weights(distill_config(cfg.distill))), path.stem
+        assert (cfg.teacher.model, cfg.model.name, cfg.data.name) == (teacher, student, "cifar100")
+        assert cfg.trainer.epochs == cfg.teacher.trainer.epochs == 240
+
+
+def test_dkd_beta_per_pair() -> None:
+    assert dkd_beta("resnet56", "resnet20") == dkd_beta("resnet110", "resnet32") == 2.0
+    assert dkd_beta("vgg13", "vgg8") == dkd_beta("wrn_40_2", "wrn_16_2") == 6.0
+    assert dkd_beta("resnet32x4", "resnet8x4") == dkd_beta("wrn_40_2", "shufflenetv1") == 8.0
+
+
+# -------------------------------------------------------------------------------------- connectors
+
+
+def test_connectors_sized_from_a_probe(data) -> None:
+    cfg = DistillConfig(weights=LossWeights(ce=1, fitnet=100, crd=0.8))
+    obj = objective(cfg, data, Teacher([teacher_net("resnet8x4")], ["resnet8x4"]))
+    conv = obj.terms["fitnet"].regressor.conv  # resnet8 stage2 [32, 16x16] -> resnet8x4 stage2 [128, 16x16]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 128, (1, 1))
+    crd = obj.terms["crd"].loss
+    assert crd.embed_s.linear.in_features == 64 and crd.embed_t.linear.in_features == 256
+    n = data.num_samples("train")
+    assert crd.sampler.k == n - 1  # 16,384 negatives capped by the set size
+    y = torch.arange(10)
+    negatives = crd.sampler(y)
+    assert not (data.labels["train"][negatives] == y[:, None]).any()  # always another class
+    assert isinstance(ConvRegressor((2, 32, 16, 16), (2, 64, 8, 8)).conv, torch.nn.Conv2d)
+    assert isinstance(ConvRegressor((2, 32, 8, 8), (2, 64, 16, 16)).conv, torch.nn.ConvTranspose2d)
+
+
+def test_gradient_never_reaches_the_teacher(data) -> None:
+    teacher = Teacher([teacher_net()], ["resnet8"])
+    before = weights_sha256(teacher.members[0])
+    cfg = DistillConfig(weights=LossWeights(ce=1, kd=1, fitnet=100, at=1000, rkd=1, crd=0.8))
+    student = teacher_net("resnet8", 1)
+    obj = objective(cfg, data, teacher, student)
+    assert not any(name.startswith("teacher") for name in obj.state_dict())
+    params = {id(p) for p in obj.parameters()}
+    assert all(id(p) not in params and not p.requires_grad for p in teacher.parameters())
+    opt = torch.optim.SGD([*student.parameters(), *obj.parameters()], lr=0.1)
+    obj.train()
+    for batch in data.loader("train", 16, train=True, seed=0, max_batches=3).epoch(0):
+        opt.zero_grad()
+        obj(student, batch, 0).loss.backward()
+        opt.step()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not teacher.training and weights_sha256(teacher.members[0]) == before  # BN statistics included
+
+
+# ------------------------------------------------------------------------------ one run per family
+
+
+@pytest.mark.parametrize("family", ["kd", "dkd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "oracle", "diswot"])
+def test_short_distillation_lowers_its_term(family: str, tmp_path: Path) -> None:
+    # CRD's scores are normalised by a constant fixed on the first batch, against a random memory: its term
+    # first rises while the memory fills with real embeddings, then falls. Compare it with its peak.
+    epochs = 10 if family == "crd" else 6
+    kdnas.run("distill", [*OVERFIT, f"distill={family}", f"trainer.epochs={epochs}"], run_dir=str(tmp_path))
+    train = [r[f"loss_{family}"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if r["split"] == "train"]
+    reference = max(train) if family == "crd" else train[0]
+    assert train[-1] < reference, f"{family}: {train}"
+
+
+# -------------------------------------------------------------------------------------------- cache
+
+
+def test_cache_cold_then_warm_matches_the_online_teacher(data, tmp_path: Path) -> None:
+    teacher = Teacher([teacher_net("resnet14")], ["resnet14"], cache="auto").to(memory_format=torch.channels_last)
+    cache = TeacherLogitCache(tmp_path, data, "train", seed=0)
+    net, h = teacher.members[0], teacher.hashes[0]
+    for epoch in (0, 1):
+        cold = cache.get(net, h, epoch)
+        warm = cache.get(net, h, epoch)
+        assert torch.equal(cold, warm) and warm.dtype == torch.float16
+        # The trainer's views of this epoch (other batch size and order): same logits, bit for bit.
+        for batch in data.loader("train", 16, train=True, seed=0, channels_last=True).epoch(epoch):
+            assert torch.equal(teacher(batch.x).half(), warm[cache.rows[batch.index]])
+    assert not torch.equal(cache.get(net, h, 0), cache.get(net, h, 1))  # augmented views differ per epoch
+    assert len(list((tmp_path / "teacher_logits").glob("*.safetensors"))) == 2
+
+    # A warm cache serves KD without running the teacher.
+    calls = []
+    net.register_forward_hook(lambda *_: calls.append(1))
+    student = teacher_net("resnet8", 1)
+    obj = objective(DistillConfig(weights=LossWeights(ce=0.1, kd=0.9)), data, teacher, student, cache_dir=tmp_path)
+    obj.on_epoch_start(1)
+    assert obj.cache is not None
+    for batch in data.loader("train", 16, train=True, seed=0, max_batches=2).epoch(1):
+        obj(student, batch, 1).loss.backward()
+    assert not calls
+
+
+def test_corrupt_or_stale_cache_is_rebuilt(data, tmp_path: Path) -> None:
+    net = teacher_net()
+    h = weights_sha256(net)
+    cache = TeacherLogitCache(tmp_path, data, "train", seed=0)
+    good = cache.get(net, h, 0)
+    path = cache.path(cache.key(h, 0))
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0xFF  # one byte of the logits
+    path.write_bytes(bytes(blob))
+    assert cache.load(path, cache.key(h, 0))[1].startswith("corrupt")
+    assert torch.equal(cache.get(net, h, 0), good)
+    path.write_bytes(bytes(blob[: len(blob) // 2]))  # truncated
+    assert torch.equal(cache.get(net, h, 0), good)
+    assert cache.load(path, cache.key(h, 0))[1] == ""
+    other = cache.key(h, 0) | {"epoch": 7}
+    assert cache.load(path, other)[1].startswith("stale")
+
+
+def test_required_cache_fails_clearly_when_cold(data, tmp_path: Path) -> None:
+    net = teacher_net()
+    cache = TeacherLogitCache(tmp_path, data, "train", seed=0, mode="required")
+    with pytest.raises(ConfigError, match="teacher.cache=required"):
+        cache.get(net, weights_sha256(net), 0)
+
+
+# ------------------------------------------------------------------------------- ensemble and task
+
+
+def test_ensemble_mean_and_oracle(tmp_path: Path) -> None:
+    members = "teacher.members=[{model:resnet8,seed:0},{model:resnet8,seed:1}]"
+    base = [*OVERFIT, "teacher=ensemble", members, "trainer.epochs=2", "teacher.trainer.epochs=1"]
+    mean = kdnas.run("distill", [*base, "distill=kd"], run_dir=str(tmp_path / "mean"))
+    assert mean["teacher"] == ["resnet8", "resnet8"] and mean["teacher_test_top1"] is not None
+    kdnas.run("distill", [*base, "distill=oracle", "teacher.combine=oracle"], run_dir=str(tmp_path / "oracle"))
+    train = [r for r in map(json.loads, (tmp_path / "oracle" / "metrics.jsonl").open()) if r["split"] == "train"]
+    assert all(0.0 <= r["loss_oracle_disagreement"] <= 1.0 for r in train) and "loss_oracle" in train[0]
+    with pytest.raises(ConfigError, match="distill=oracle"):
+        kdnas.run("distill", [*base, "distill=kd", "teacher.combine=oracle"], run_dir=str(tmp_path / "bad"))
+
+
+def test_task_distill_end_to_end_with_ce_comparison(tmp_path: Path) -> None:
+    summary = kdnas.run("distill", [*SMOKE, "model=resnet8", "teacher.model=resnet14", "distill=kd",
+                                    "distill.compare_ce=true", "trainer.max_steps_per_epoch=4"], run_dir=str(tmp_path))
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["test_top1_last"] == summary["test_top1_last"]
+    for key in ("test_top1_best", "test_top1_last", "ce_test_top1_best", "ce_test_top1_last", "teacher_test_top1"):
+        assert isinstance(written[key], float), key
+    assert written["gain_test_top1_last"] == pytest.approx(written["test_top1_last"] - written["ce_test_top1_last"])
+    assert written["student"] == "resnet8" and written["teacher"] == ["resnet14"]
+    for run in (tmp_path, tmp_path / "ce"):
+        assert (run / "model.safetensors").is_file()
+        assert json.loads((run / "model.json").read_text())["model"] == "resnet8"

@@ -1,0 +1,223 @@
+"""Scale-out and crash safety: sweeps through every launcher, re-run sweeps, data-parallel training under
+torchrun, and runs killed at seeded points that resume to bit-identical results."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from itertools import product
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdnas
+from kdnas.api import compose
+from kdnas.config import DataConfig, TrainerConfig
+from kdnas.context import build_model, to_object
+from kdnas.data import build_data
+from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
+from kdnas.engine.objective import Objective
+from kdnas.engine.trainer import build_optimizer, lr_at
+from kdnas.errors import CheckpointError
+
+from .conftest import SMOKE
+from .test_cli import kdnas_cli
+
+TINY = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=3"]
+MODELS, SEEDS = ("resnet14", "nope"), (0, 1)  # "nope" is not a model: those jobs fail
+GRID = [f"model.name={','.join(MODELS)}", f"seed={','.join(map(str, SEEDS))}"]
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+             "submitit_local": ["hydra/launcher=submitit_local"]}
+
+
+def job_folders(sweep: Path) -> dict[str, Path]:
+    """Job number -> folder ("<num>-<override dirname>")."""
+    return {p.name.split("-", 1)[0]: p for p in sweep.iterdir() if (p / "status.json").is_file()}
+
+
+def status(folder: Path) -> dict:
+    return json.loads((folder / "status.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_sweep_runs_every_job_and_reports_failures(launcher: str, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = kdnas_cli("-m", *TINY, *GRID, *LAUNCHERS[launcher], f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    jobs = job_folders(sweep)
+    assert len(jobs) == len(MODELS) * len(SEEDS)
+    for num, (model, seed) in enumerate(product(MODELS, SEEDS)):
+        folder = jobs[str(num)]
+        assert f"model.name={model}," in folder.name and f",seed={seed}," in folder.name
+        if model == "nope":
+            assert status(folder)["status"] == "failed" and "nope" in status(folder)["message"]
+            assert str(folder) in proc.stderr
+        else:
+            assert status(folder)["status"] == "ok", status(folder)
+            assert json.loads((folder / "summary.json").read_text())["model"] == model
+    assert "kdnas: 2 job(s) failed:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sweep_rerun_skips_finished_jobs_and_resumes_unfinished(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    assert kdnas_cli(*args, cwd=tmp_path).returncode == 0
+    done, killed = job_folders(sweep)["0"], job_folders(sweep)["1"]
+    done_summary = (done / "summary.json").read_bytes()
+    killed_summary = json.loads((killed / "summary.json").read_text())
+    # what a kill in epoch 2 leaves behind: epoch 1's checkpoint, status "running", no summary or weights
+    shutil.rmtree(killed / "checkpoints" / "epoch_0002")
+    (killed / "checkpoints" / "latest").write_text("epoch_0001")
+    (killed / "status.json").write_text(json.dumps({"status": "running", "message": None}))
+    for name in ("summary.json", "model.safetensors"):
+        (killed / name).unlink()
+
+    proc = kdnas_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"already done: {done}" in proc.stdout and (done / "summary.json").read_bytes() == done_summary
+    assert "resumed from" in (killed / "kdnas.log").read_text()
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert resumed["test_top1_last"] == killed_summary["test_top1_last"] and status(killed)["status"] == "ok"
+
+
+def test_finished_run_is_returned_not_rerun(tmp_path: Path) -> None:
+    first = kdnas.run("train", TINY, run_dir=str(tmp_path))
+    again = kdnas.run("train", TINY, run_dir=str(tmp_path))
+    assert again["wall_seconds"] == first["wall_seconds"]  # read back, not run again
+    rerun = kdnas.run("train", [*TINY, "resume=false"], run_dir=str(tmp_path))
+    assert rerun["wall_seconds"] != first["wall_seconds"] and rerun["test_top1_last"] == first["test_top1_last"]
+    with pytest.raises(CheckpointError, match="different configuration"):
+        kdnas.run("train", [*TINY, "trainer.lr=0.2"], run_dir=str(tmp_path))
+
+
+def test_slurm_preset_composes() -> None:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                            overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0 and launcher.array_parallelism > 0
+
+
+# -- data-parallel -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accumulated_reference(overrides: list[str], world_size: int) -> tuple[dict[str, torch.Tensor], float]:
+    """One process stepping on the sum of the ranks' micro-batch gradients (each rank's shard, same order):
+    what DDP's gradient averaging must equal. Returns the parameters and the mean training loss."""
+    cfg = compose("train", overrides)
+    tcfg = to_object(cfg.trainer, TrainerConfig)
+    data = build_data(to_object(cfg.data, DataConfig), cfg.paths.data_dir, cfg.paths.cache_dir)
+    model = build_model(cfg.model, data.num_classes, cfg.seed).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(tcfg, list(model.parameters()))
+    shards = [data.loader(tcfg.train_split, tcfg.batch_size, train=True, seed=cfg.seed, channels_last=True,
+                          max_batches=tcfg.max_steps_per_epoch, rank=rank, world_size=world_size)
+              for rank in range(world_size)]
+    objective, losses = Objective(), []
+    for step, micro_batches in enumerate(zip(*(shard.epoch(0) for shard in shards))):
+        optimizer.zero_grad()
+        for batch in micro_batches:
+            loss = objective(model, batch, 0).loss
+            (loss / world_size).backward()
+            losses.append(loss.item())
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(tcfg, step, len(shards[0]))
+        optimizer.step()
+    return {k: v.detach() for k, v in model.named_parameters()}, sum(losses) / len(losses)
+
+
+def test_ddp_two_ranks_match_one_process_accumulating(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ddp"
+    overrides = [*TINY, "trainer.batch_size=8"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+                "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    proc = subprocess.run([*torchrun, "-m", "kdnas.cli", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    params, loss = accumulated_reference(overrides, world_size=2)
+    trained = load_weights(run_dir / "model.safetensors")
+    initial = build_model(compose("train", overrides).model, 10, 0).state_dict()
+    assert any(not torch.allclose(initial[k], p, atol=1e-4) for k, p in params.items())  # the steps moved them
+    for name, p in params.items():  # not BN running stats: DDP broadcasts rank 0's
+        torch.testing.assert_close(trained[name], p, rtol=1e-4, atol=1e-5, msg=name)
+    train = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").open()) if r["split"] == "train")
+    assert train["loss"] == pytest.approx(loss, rel=1e-5)
+    assert json.loads((run_dir / "provenance.json").read_text())["world_size"] == 2
+    assert proc.stdout.count("done:") == 1  # rank 0 alone logs
+
+
+# -- crash safety ----------------------------------------------------------------------------------------
+
+EPOCHS, STEPS = 3, 3
+CRASH_RUN = [*SMOKE, "model=resnet8", f"trainer.epochs={EPOCHS}", f"trainer.max_steps_per_epoch={STEPS}"]
+# Runs `kdnas ARGS` after arranging a SIGKILL at the N-th call of MODULE.FUNCTION (argv: MODULE FUNCTION N ARGS).
+KILLER = """
+import importlib, os, signal, sys
+module, name, n = importlib.import_module(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+original, calls = getattr(module, name), []
+def kill_at_nth_call(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(module, name, kill_at_nth_call)
+sys.argv = ["kdnas", *sys.argv[4:]]
+from kdnas.cli import main
+main()
+"""
+_rng = random.Random(1234)
+KILL_POINTS = {  # seeded: where the run dies
+    "before training step": ("kdnas.engine.trainer", "lr_at", _rng.randint(2, EPOCHS * STEPS)),
+    # save_file writes a checkpoint's model.safetensors, then its state.safetensors: even calls fall between
+    "between checkpoint files": ("kdnas.engine.checkpoint", "save_file", 2 * _rng.randint(2, EPOCHS)),
+    "before the latest pointer moves": ("kdnas.engine.checkpoint", "atomic_write_bytes", _rng.randint(1, EPOCHS)),
+}
+
+
+def comparable(run_dir: Path) -> tuple[dict, list[dict], bytes]:
+    """Summary and metrics without timings, and the final weights' bytes."""
+    timing = {"wall_seconds", "train_seconds_this_session", "run_dir", "img_per_s", "seconds"}
+    summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in timing}
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in timing}
+               for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics, (run_dir / "model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], bytes]:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    proc = kdnas_cli(*CRASH_RUN, f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    assert proc.returncode == 0, proc.stderr
+    return comparable(run_dir)
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_killed_run_resumes_to_identical_result(point: str, uninterrupted: tuple, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = [*CRASH_RUN, f"hydra.run.dir={run_dir}"]
+    module, function, n = KILL_POINTS[point]
+    killed = subprocess.run([sys.executable, "-c", KILLER, module, function, str(n), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr
+    assert not (run_dir / "summary.json").exists() and status(run_dir)["status"] == "running"
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is not None:
+        load_checkpoint(latest)  # complete: every file matches its recorded sha256
+
+    assert kdnas_cli(*args, cwd=tmp_path).returncode == 0
+    assert comparable(run_dir) == uninterrupted

@@ -1,0 +1,186 @@
+"""Strategies and the search loop: evolution beats random on the DisWOT proxy, constraints and dedup hold,
+a killed search resumes to the same trajectory; task=search, task=pipeline and task=correlate end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import kdnas
+from kdnas.config import DataConfig
+from kdnas.data import build_data
+from kdnas.evaluators import ProxyEvaluator, ProxySettings, proxy_batches
+from kdnas.models.resnet_cifar import build_cifar_resnet
+from kdnas.runs import RunDir
+from kdnas.search import run_search
+from kdnas.spaces import Arch, create_space, load_arch
+from kdnas.spaces.constraints import Constraint
+from kdnas.spaces.costs import CostModel
+from kdnas.strategies import Strategy, create_strategy
+
+from .conftest import SMOKE
+
+EVOLUTION = {"name": "evolution", "population": 8, "sample_size": 4, "top_k": 2}
+# 7^3 = 343 archs at half width: big enough that where a strategy looks matters, cheap to score.
+NARROW = create_space("resnet_cifar", depths=list(range(1, 8)), widths=[8, 16, 32])
+
+
+class Synthetic:
+    """A deterministic reward peaked at depths (5, 3, 7); optionally fails on its n-th call (a kill)."""
+
+    fingerprint = "synthetic"
+
+    def __init__(self, crash_on_call: int | None = None) -> None:
+        self.calls, self.crash_on_call = 0, crash_on_call
+
+    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.calls == self.crash_on_call:
+            raise KeyboardInterrupt("simulated kill")
+        return [{"reward": self.reward(*(a.decisions[f"depth{i}"] for i in (1, 2, 3)))} for a in archs]
+
+    @staticmethod
+    def reward(d1: int, d2: int, d3: int) -> float:
+        return -((d1 - 5) ** 2 + (d2 - 3) ** 2 + (d3 - 7) ** 2) + 0.01 * d1
+
+
+def drive(strategy: Strategy, evaluator: Any, budget: int, batch: int = 4) -> list[Arch]:
+    asked: list[Arch] = []
+    while len(asked) < budget:
+        archs = strategy.ask(min(batch, budget - len(asked)))
+        if not archs:
+            break
+        strategy.tell(archs, evaluator.evaluate(archs))
+        asked += archs
+    return asked
+
+
+@pytest.fixture(scope="module")
+def diswot_evaluator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyEvaluator]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as trainer.num_threads=1 does for the tasks
+    cache = Path(os.environ["KDNAS_CACHE_DIR"])
+    data = build_data(DataConfig(max_train_per_class=20, max_test_per_class=10), cache / "data", cache)
+    settings = ProxySettings(batch_size=16)
+
+    def teacher() -> torch.nn.Module:  # a randomly initialised resnet20 of the same widths (DisWOT's default)
+        torch.manual_seed(0)
+        return build_cifar_resnet([3, 3, 3], [8, 16, 32], data.num_classes).train()
+
+    yield ProxyEvaluator(NARROW, proxy_batches(data, settings, 0, torch.device("cpu")), settings, names=[],
+                         teacher=teacher, teacher_identity="resnet20 [8, 16, 32]", num_classes=data.num_classes,
+                         seed=0, cache_dir=tmp_path_factory.mktemp("evals"))
+    torch.set_num_threads(threads)
+
+
+def test_evolution_finds_better_diswot_scores_than_random(diswot_evaluator: ProxyEvaluator) -> None:
+    best: dict[str, list[float]] = {"random": [], "evolution": []}
+    for seed in range(6):
+        for name, cfg in (("random", {"name": "random"}), ("evolution", EVOLUTION)):
+            strategy = create_strategy(cfg, NARROW, seed=seed)
+            assert len(drive(strategy, diswot_evaluator, budget=24)) == 24
+            best[name].append(strategy.best()[1]["reward"])
+    assert statistics.mean(best["evolution"]) > statistics.mean(best["random"]), best
+
+
+@pytest.mark.parametrize("name", ["random", "evolution"])
+def test_every_proposal_meets_the_constraint(name: str) -> None:
+    costs = CostModel(NARROW, num_classes=10)
+    limit = 150_000  # the synthetic reward pulls toward deep (large) nets, against the limit
+    strategy = create_strategy({"name": name} if name == "random" else EVOLUTION, NARROW,
+                               constraint=Constraint(params_max=limit), costs=costs, seed=1)
+    asked = drive(strategy, Synthetic(), budget=30)
+    assert len(asked) == 30 and all(costs(a, ["params"])["params"] <= limit for a in asked)
+
+
+@pytest.mark.parametrize("name", ["random", "evolution"])
+def test_no_arch_is_proposed_twice(name: str) -> None:
+    space = create_space("resnet_cifar")  # 64 archs: the budget exhausts it
+    strategy = create_strategy({"name": name} if name == "random" else EVOLUTION, space, seed=2)
+    asked = drive(strategy, Synthetic(), budget=100, batch=5)
+    assert len(asked) == len({a.arch_id for a in asked}) == 64
+    assert strategy.ask(4) == []
+
+
+def _history(run: Path) -> list[tuple[str, float]]:
+    return [(r["arch_id"], r["reward"]) for r in map(json.loads, (run / "history.jsonl").open())]
+
+
+@pytest.mark.parametrize("variant", ["diswot", "aging"])
+def test_killed_search_resumes_to_the_same_trajectory(tmp_path: Path, variant: str) -> None:
+    def search(run: Path, evaluator: Synthetic) -> dict[str, Any]:
+        strategy = create_strategy({**EVOLUTION, "variant": variant}, create_space("resnet_cifar"), seed=3)
+        return run_search(strategy, evaluator, RunDir(run), budget=30, batch=4, config_hash="h")
+
+    full = search(tmp_path / "full", Synthetic())
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path / "killed", Synthetic(crash_on_call=5))
+    assert len(_history(tmp_path / "killed")) == 16
+    resumed = search(tmp_path / "killed", Synthetic())
+    assert _history(tmp_path / "killed") == _history(tmp_path / "full")
+    assert (resumed["best_arch_id"], resumed["evaluated"]) == (full["best_arch_id"], 30)
+    assert json.loads((tmp_path / "killed" / "topk.json").read_text()) == json.loads(
+        (tmp_path / "full" / "topk.json").read_text())
+
+
+SEARCH = [*SMOKE, "search.budget=8", "search.batch=4", "strategy.population=4",
+          "strategy.sample_size=2", "strategy.top_k=1", "proxy.batch_size=16"]
+
+
+def test_task_search_end_to_end_and_cached(tmp_path: Path) -> None:
+    summary = kdnas.run("search", SEARCH, run_dir=tmp_path / "a")
+    assert summary["evaluated"] == 8 and summary["cache_misses"] == 8
+    records = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").open()]
+    assert len(records) == 8 and {"arch_id", "arch", "reward", "scores", "costs"} <= set(records[0])
+    assert {"diswot_semantic", "diswot_relational"} <= set(records[0]["scores"])
+    arch = load_arch(tmp_path / "a" / "best_arch.json")
+    assert arch.arch_id == summary["best_arch_id"] and arch.arch_id in {r["arch_id"] for r in records}
+    again = kdnas.run("search", SEARCH, run_dir=tmp_path / "b")
+    assert again["cache_hits"] == 8 and again["best_arch_id"] == summary["best_arch_id"]
+
+
+@pytest.mark.slow
+def test_task_pipeline_end_to_end(tmp_path: Path) -> None:
+    summary = kdnas.run("pipeline", [*SEARCH, "teacher.model=resnet8", "trainer.max_steps_per_epoch=3"],
+                        run_dir=tmp_path)
+    assert {"kd_test_top1_last", "ce_test_top1_last", "teacher_test_top1", "arch_id"} <= set(summary)
+    assert "vs CE" in (tmp_path / "pipeline.txt").read_text()
+    assert (tmp_path / "distill" / "model.safetensors").is_file() and (tmp_path / "ce" / "model.json").is_file()
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, NaN included (a correlation over smoke-trained accuracies may be undefined)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+CORRELATE = [*SMOKE, "correlate.archs=6", "correlate.proxies=[diswot,params,snip]", "correlate.noise_subset=2",
+             "+correlate.trainer.max_steps_per_epoch=2", "correlate.top_k=2", "correlate.bands=2",
+             "teacher.model=resnet8", "proxy.batch_size=16"]
+
+
+def test_task_correlate_writes_table_and_plots_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = kdnas.run("correlate", CORRELATE, run_dir=tmp_path / "a")
+    table = (tmp_path / "a" / "correlate.md").read_text()
+    for name in ("diswot_semantic", "diswot_relational", "diswot_sum", "diswot_rank", "params", "snip",
+                 "kd_top1", "ce_top1", "Seed noise"):
+        assert name in table
+    assert (tmp_path / "a" / "scatter_kd_top1.png").stat().st_size > 1000
+    rows = (tmp_path / "a" / "ground_truth.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 6 + 2  # header, 6 archs, 2 of them with a second seed
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the ground truth should come from the cache")
+
+    monkeypatch.setattr("kdnas.tasks.distill.distill_student", no_training)
+    again = kdnas.run("correlate", CORRELATE, run_dir=tmp_path / "b")
+    assert _same(again["spearman"], first["spearman"])
+    from_file = kdnas.run("correlate", [*CORRELATE, f"correlate.ground_truth={tmp_path / 'a' / 'ground_truth.tsv'}"],
+                          run_dir=tmp_path / "c")
+    assert _same(from_file["spearman"], first["spearman"])
