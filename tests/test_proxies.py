@@ -52,7 +52,8 @@ def test_class_form_is_invariant_to_channel_permutations_and_used_across_widths(
     ft = _net("resnet20", 2).train().forward_features(batch.x)
     g_t = fc_grad(ft.embedding, ft.logits, batch.y).detach()
     perm = torch.randperm(feats.embedding.shape[1], generator=torch.Generator().manual_seed(0))
-    g, g_perm = fc_grad(feats.embedding, feats.logits, batch.y), fc_grad(feats.embedding[:, perm], feats.logits, batch.y)
+    g = fc_grad(feats.embedding, feats.logits, batch.y)
+    g_perm = fc_grad(feats.embedding[:, perm], feats.logits, batch.y)  # the same network, channels permuted
     assert torch.allclose(g_perm, g[:, perm])
     assert semantic_class(g_perm, g_t).item() == pytest.approx(semantic_class(g, g_t).item(), rel=1e-5)
     assert semantic_official(g_perm, g_t).item() != pytest.approx(semantic_official(g, g_t).item(), rel=1e-3)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -85,9 +84,8 @@ def ranked(strategy: Strategy, k: int | None = None) -> list[dict[str, Any]]:
 
 
 def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget: int, batch: int, config_hash: str,
-               resume: bool = True, top_k: int = 5,
-               on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Run (or resume) the loop in ``run``; ``on_step(step, evaluated)`` is called after each checkpoint."""
+               resume: bool = True, top_k: int = 5) -> dict[str, Any]:
+    """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps)."""
     ckpt_dir, history = run.path / "search_checkpoints", run.path / "history.jsonl"
     evaluated = step = 0
     latest = latest_checkpoint(ckpt_dir) if resume else None
@@ -121,17 +119,14 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
         best = strategy.best()
         log.info("search step %d: %d/%d evaluated, best reward %.6g (%s)", step, evaluated, budget,
                  best[1]["reward"], best[0].arch_id)
-        if on_step is not None:
-            on_step(step, evaluated)
     top = ranked(strategy, top_k)
     if not top:
         raise ConfigError("The search evaluated no architecture: raise search.budget or check the space/constraint.")
-    atomic_write_json(run.path / "best_arch.json", {**top[0]["arch"], "result": {k: v for k, v in top[0].items()
-                                                                                  if k not in ("arch", "rank")}})
+    best = {k: v for k, v in top[0].items() if k not in ("arch", "rank")}
+    atomic_write_json(run.path / "best_arch.json", {**top[0]["arch"], "result": best})
     atomic_write_json(run.path / "topk.json", {"schema_version": SCHEMA_VERSION, "top": top})
-    best_arch, best_result = strategy.best()
-    return {"best_arch_id": best_arch.arch_id, "best_arch": best_arch.decisions, "best_reward": best_result["reward"],
-            "evaluated": evaluated, "steps": step, "strategy": strategy.name,
+    return {"best_arch_id": top[0]["arch"]["arch_id"], "best_arch": top[0]["arch"]["decisions"],
+            "best_reward": best["reward"], "evaluated": evaluated, "steps": step, "strategy": strategy.name,
             "search_seconds_this_session": time.perf_counter() - start,
             "best_arch_path": str(run.path / "best_arch.json")}
 

@@ -80,6 +80,20 @@ class DisWOTConfig:
 
 
 @dataclass
+class SchemeConfig:
+    """Parameters of the multi-stage schemes (``distill.scheme=NAME``, :mod:`kdnas.distill.schemes`)."""
+
+    students: list[str] = field(default_factory=list)  # dml: the peers; [] = two copies of model.name
+    generations: int = 3  # born_again: generations after generation 0
+    gen0: str = "ce"  # born_again: generation 0 trained with CE (ce) or the configured teacher (teacher)
+    ensemble: bool = True  # born_again: also evaluate the mean-logit ensemble of all generations
+    assistant: str = "resnet14"  # takd: the teacher assistant
+    max_generations: int = 5  # label_refinery: cap on refined generations after the CE one
+    soft_weight: float = 1.0  # label_refinery: weight of the soft-target CE (1 - soft_weight on the labels)
+    hint_epochs: int = 30  # fitnet_two_stage: stage-1 hint epochs (RepDistiller init_epochs)
+
+
+@dataclass
 class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 4.0  # KD, DKD and oracle KD
@@ -93,6 +107,7 @@ class DistillConfig:
     sp_stage: str = "last"  # SP reads the last stage (RepDistiller feat[-2])
     compare_ce: bool = False  # task=distill: also train the same student with CE alone
     scheme: str = "none"  # none | a module of kdnas.distill.schemes
+    schemes: SchemeConfig = field(default_factory=SchemeConfig)  # the schemes' parameters
 
 
 def register_schema() -> None:

@@ -1,0 +1,82 @@
+"""Deep mutual learning (Zhang et al. CVPR 2018, "Deep Mutual Learning"), ``distill=dml``.
+
+Two or more students (``distill.schemes.students``, default two copies of ``model``) learn together, with
+no pre-trained teacher: peer ``k`` minimises ``w_ce * CE(z_k, y) + w_kd * mean_{l != k} kd(z_k, z_l, T)``
+with the others' logits ``z_l`` detached (:func:`~kdnas.distill.functional.kd`, ``distill.weights.ce`` /
+``.kd``, ``distill.temperature``; the paper's T is 1). The objective minimises the sum over peers: each
+peer's gradient is that of its own loss, so one joint optimiser over all peers takes the same steps as the
+paper's one optimiser per peer, updated simultaneously rather than in turn.
+
+Engine mapping: the trainer's model is peer 0 and the other peers are submodules of
+:class:`MutualObjective`, so the engine optimises, checkpoints and resumes them all together. The shared run
+is ``mutual/`` (metrics, checkpoints, peer 0's best/last); ``peer{k}/`` holds each peer's weights, card and
+final top-1. Peers are zoo or ``timm:`` names; peer ``k > 0`` draws its init from its own seed, so that copies of
+one network start apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdnas.config import ModelConfig
+from kdnas.context import RunContext, build_model
+from kdnas.data import Batch
+from kdnas.distill import functional as kdf
+from kdnas.distill.schemes import stage_row, summary_table, top1
+from kdnas.distill.terms import active_weights, distill_config
+from kdnas.engine.checkpoint import save_weights
+from kdnas.engine.objective import Objective, StepOutput
+from kdnas.engine.trainer import write_model_card
+from kdnas.errors import ConfigError
+from kdnas.utils import derive_seed
+
+
+class MutualObjective(Objective):
+    """Sum over peers of CE + mean KL toward the other peers' detached predictions. The model the engine
+    passes is peer 0; ``peers`` (peers 1..K-1) are trained, checkpointed and moved with this module."""
+
+    def __init__(self, peers: list[nn.Module], *, ce: float, kd: float, temperature: float) -> None:
+        super().__init__()
+        self.peers = nn.ModuleList(peers)
+        self.ce, self.kd, self.T = ce, kd, temperature
+
+    def forward(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        logits = [model(batch.x), *(peer(batch.x) for peer in self.peers)]
+        loss = logits[0].new_zeros(())
+        terms: dict[str, torch.Tensor] = {}
+        for k, z in enumerate(logits):
+            ce = F.cross_entropy(z, batch.y)
+            kl = torch.stack([kdf.kd(z, other, self.T) for j, other in enumerate(logits) if j != k]).mean()
+            loss = loss + self.ce * ce + self.kd * kl
+            terms[f"ce_{k}"], terms[f"kl_{k}"] = ce.detach(), kl.detach()
+        return StepOutput(loss=loss, logits=logits[0], terms=terms)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = distill_config(ctx.cfg.distill)
+    names = list(cfg.schemes.students) or [str(ctx.cfg.model.name)] * 2
+    if len(names) < 2:
+        raise ConfigError(f"distill=dml needs >= 2 peers, got distill.schemes.students={names}.")
+    if extra := set(active_weights(cfg)) - {"ce", "kd"}:
+        raise ConfigError(f"distill=dml trains its peers with the ce and kd weights only; set distill.weights of "
+                          f"{sorted(extra)} to 0.")
+    seed, num_classes = int(ctx.cfg.seed), ctx.data.num_classes
+    seeds = [seed, *(derive_seed(seed, "dml_peer", k) for k in range(1, len(names)))]
+    nets = [build_model(ModelConfig(name=n), num_classes, s) for n, s in zip(names, seeds)]
+    objective = MutualObjective(nets[1:], ce=cfg.weights.ce, kd=cfg.weights.kd, temperature=cfg.temperature)
+    mutual = ctx.run.sub("mutual")
+    trainer = ctx.trainer(nets[0], run=mutual, objective=objective, seed=seed)
+    shared = trainer.fit(resume=ctx.resume)
+    mutual.write_summary(shared)
+    rows = []
+    for k, (net, name) in enumerate(zip(nets, names)):
+        peer = ctx.run.sub(f"peer{k}")
+        save_weights(peer.path / "model.safetensors", net.state_dict())
+        write_model_card(peer.path / "model.json", model=name, num_classes=num_classes, data=ctx.cfg.data.name,
+                         data_fingerprint=ctx.data.fingerprint, init_seed=seeds[k], scheme="dml")
+        rows.append(stage_row(peer, f"peer{k}", name, top1(trainer, net)))
+    return summary_table(ctx, "dml", rows, students=names, **shared)

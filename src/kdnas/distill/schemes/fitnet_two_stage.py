@@ -1,0 +1,63 @@
+"""FitNets' two-stage training (Romero et al. ICLR 2015, "FitNets: Hints for Thin Deep Nets", Sec. 2.2-2.3),
+``distill=fitnet_two_stage``.
+
+Stage 1 (``hint``): the student's lower layers, up to its guided layer ``distill.hint_stage``, are trained
+with the regressor alone to match the teacher's hint layer, ``MSE(r(guided), hint)`` (the ``fitnet`` term,
+weight 1, as RepDistiller's init), for ``distill.schemes.hint_epochs`` epochs; every other student weight is
+frozen. Stage 2 (``kd``): a fresh student takes stage 1's lower layers (weights and BN statistics) and is
+trained whole with the configured terms (the preset: KD). Folders ``hint`` and ``kd``; the regressor is
+dropped after stage 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdnas.config import TrainerConfig
+from kdnas.context import RunContext, to_object
+from kdnas.distill.schemes import stage_row, summary_table
+from kdnas.distill.teachers import build_teacher
+from kdnas.distill.terms import LossWeights, distill_config, stage_index
+from kdnas.errors import ConfigError
+from kdnas.tasks.distill import distill_student, student_factory
+
+
+def lower_state_keys(net: nn.Module, stage: str, input_size: int) -> set[str]:
+    """State-dict keys (parameters and buffers) of the modules that ``stage``'s output depends on: the lower
+    layers, found by differentiating one eval-mode forward pass of blank images."""
+    params = dict(net.named_parameters())
+    was_training = net.training
+    net.eval()
+    f = net.forward_features(torch.zeros(2, 3, input_size, input_size))
+    net.train(was_training)
+    i = stage_index(net.stage_names, stage, "student", "hint_stage")
+    grads = torch.autograd.grad(f.stages[i].sum(), list(params.values()), allow_unused=True)
+    modules = {name.rpartition(".")[0] for name, g in zip(params, grads) if g is not None}
+    return {key for key in net.state_dict() if key.rpartition(".")[0] in modules}
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    cfg = distill_config(ctx.cfg.distill)
+    if cfg.schemes.hint_epochs < 1:
+        raise ConfigError(f"distill.schemes.hint_epochs={cfg.schemes.hint_epochs} must be >= 1.")
+    make_student, name, _ = student_factory(ctx)
+    teacher, seed = build_teacher(ctx), ctx.cfg.seed
+    student = make_student()
+    lower = lower_state_keys(student, cfg.hint_stage, ctx.data.input_size)
+    for key, p in student.named_parameters():
+        p.requires_grad_(key in lower)
+    hint_cfg = replace(cfg, weights=LossWeights(ce=0.0, fitnet=1.0))
+    hint_trainer = replace(to_object(ctx.cfg.trainer, TrainerConfig), epochs=cfg.schemes.hint_epochs)
+    hint_run, kd_run = ctx.run.sub("hint"), ctx.run.sub("kd")
+    hint = distill_student(ctx, student, teacher, hint_cfg, hint_run, seed, student_name=name, trainer_cfg=hint_trainer)
+    init = {k: v for k, v in student.state_dict().items() if k in lower}
+    student = make_student()
+    student.load_state_dict(init, strict=False)
+    kd = distill_student(ctx, student, teacher, cfg, kd_run, seed, student_name=name)
+    rows = [stage_row(hint_run, "hint", name, {**hint, "lower_layers": sorted(lower)}),
+            stage_row(kd_run, "kd", name, kd)]
+    return summary_table(ctx, "fitnet_two_stage", rows, **kd)

@@ -1,0 +1,73 @@
+"""Label refinery (Bagherinezhad et al. 2018, "Label Refinery: Improving ImageNet Classification through Label
+Progression"), ``distill=label_refinery``.
+
+Generation 0 is the student trained with CE on the labels; generation ``k`` is the same network trained
+from scratch on generation ``k - 1``'s predictions for the very crops it sees:
+``soft_weight * soft_target_ce(z, softmax(z_prev)) + (1 - soft_weight) * CE(z, y)``
+(:func:`~kdnas.distill.functional.soft_target_ce`; ``distill.schemes.soft_weight``, 1 = the paper's
+predictions only). Generations go on while the selection split's last top-1 (mini-val; test when
+``data.val_fraction=0``) improves on every earlier generation's, at most ``distill.schemes.max_generations``
+after generation 0. Folders ``gen0`` .. ``genN``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import nn
+
+from kdnas.context import RunContext
+from kdnas.data import Batch
+from kdnas.distill import functional as kdf
+from kdnas.distill.schemes import frozen_teacher, stage_row, summary_table
+from kdnas.distill.teachers import Teacher
+from kdnas.distill.terms import distill_config
+from kdnas.engine.objective import Objective, StepOutput
+from kdnas.errors import ConfigError
+from kdnas.tasks.distill import _write_card, student_factory
+from kdnas.utils import derive_seed, resolve_device
+
+
+class RefineryObjective(Objective):
+    """Soft-target CE toward the refinery's softmax (plus ``1 - soft_weight`` CE on the labels). The refinery
+    is frozen and kept out of the parameters and ``state_dict``; it is expected on the training device."""
+
+    def __init__(self, refinery: Teacher, soft_weight: float) -> None:
+        super().__init__()
+        self.__dict__["refinery"] = refinery  # not a submodule: never optimised, never checkpointed
+        self.soft_weight = soft_weight
+
+    def forward(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
+        logits = model(batch.x)
+        soft = kdf.soft_target_ce(logits, self.refinery(batch.x).softmax(1))
+        ce = F.cross_entropy(logits, batch.y)
+        loss = self.soft_weight * soft + (1 - self.soft_weight) * ce
+        return StepOutput(loss=loss, logits=logits, terms={"soft_ce": soft.detach(), "ce": ce.detach()})
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    s = distill_config(ctx.cfg.distill).schemes
+    if s.max_generations < 1 or not 0.0 <= s.soft_weight <= 1.0:
+        raise ConfigError(f"distill=label_refinery needs distill.schemes.max_generations >= 1 (got "
+                          f"{s.max_generations}) and 0 <= distill.schemes.soft_weight <= 1 (got {s.soft_weight}).")
+    make_student, name, _ = student_factory(ctx)
+    device = resolve_device(ctx.cfg.trainer.device)
+    rows: list[dict[str, Any]] = []
+    scores: list[float] = []
+    objective, stopped = None, "max_generations"
+    for k in range(s.max_generations + 1):
+        gen, net = ctx.run.sub(f"gen{k}"), make_student()
+        trainer = ctx.trainer(net, run=gen, objective=objective, seed=derive_seed(ctx.cfg.seed, "generation", k))
+        summary = trainer.fit(resume=ctx.resume)
+        _write_card(ctx, gen, name, scheme="label_refinery", generation=k)
+        rows.append(stage_row(gen, f"gen{k}", name, summary))
+        score = summary[f"{summary['selection_split']}_top1_last"]
+        if scores and score <= max(scores):
+            stopped = "no_improvement"
+            break
+        scores.append(score)
+        objective = RefineryObjective(frozen_teacher(ctx, net, name).to(device), s.soft_weight)
+    best = max(range(len(scores)), key=scores.__getitem__)
+    return summary_table(ctx, "label_refinery", rows, best_generation=best, stopped=stopped,
+                         **{k: v for k, v in rows[best].items() if k not in ("stage", "model")})
