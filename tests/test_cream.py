@@ -174,7 +174,7 @@ def test_bn_recalibration_sets_the_path_statistics(supernet: Supernet) -> None:
     assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())  # supernet untouched
 
 
-CREAM = ["+space=mbconv_cream", "space.layers=[1,1,1,1,1]", "+strategy=cream", "trainer.epochs=3",
+CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "trainer.epochs=3",
          "trainer.max_steps_per_epoch=4", "strategy.warmup_epochs=1", "strategy.meta_every=3",
          "strategy.board_size=3", "strategy.bn_batches=1", "strategy.admission=minival",
          "strategy.external_teacher=true", "teacher.model=resnet8", "strategy.flops_bounds=[5e7]"]
