@@ -19,9 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install kdnas with its dev/export/cluster extras (idempotent)
 
-run: install  ## the main job on the bundled cifar10_mini data (a few minutes on a 2-core CPU)
-	$(BIN)/kdnas task=train_teacher teacher.model=resnet20 $(RUN_ARGS)
-	$(BIN)/kdnas task=train model=resnet8 $(RUN_ARGS)
+run: install  ## the DisWOT pipeline (teacher -> search -> distill winner) on the bundled data, a few minutes on CPU
+	$(BIN)/kdnas experiment=quickstart $(RUN_ARGS)
 
 test: install  ## the whole test suite (CPU, < 15 min), slow end-to-end tests included
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -ra

@@ -26,7 +26,7 @@ from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
-from kdnas.utils import derive_seed, resolve_device
+from kdnas.utils import derive_seed
 
 TOP1 = ("test_top1_best", "test_top1_last")
 
@@ -74,7 +74,7 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
     tcfg = to_object(trainer_cfg if trainer_cfg is not None else ctx.cfg.trainer, TrainerConfig)
     name = student_name or str(ctx.cfg.model.name)
     if teacher is not None:
-        teacher.to(resolve_device(tcfg.device), memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)  # the trainer moves it to its device with the objective
     objective = DistillObjective(cfg, student_model, teacher, data=ctx.data, split=tcfg.train_split, seed=seed,
                                  student_name=name, cache_dir=ctx.cache_dir)
     trainer = ctx.trainer(student_model, trainer_cfg=tcfg, run=run, objective=objective, seed=seed)
@@ -88,9 +88,12 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
 
 
 def run_scheme(ctx: RunContext, scheme: str) -> dict[str, Any]:
+    name = f"kdnas.distill.schemes.{scheme}"
     try:
-        module = importlib.import_module(f"kdnas.distill.schemes.{scheme}")
-    except ModuleNotFoundError:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if not name.startswith(str(e.name)):  # the scheme exists but lacks a dependency of its own
+            raise
         raise ConfigError(f"distill.scheme={scheme!r} is not a distillation scheme of this install (a module "
                           "kdnas.distill.schemes.<name>); use distill.scheme=none for plain distillation.") from None
     return module.run(ctx)
