@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from kdnas.config import DataConfig
 from kdnas.data import build_data
-from kdnas.evaluators import ProxySettings, build_candidate, proxy_batches
+from kdnas.evaluators import ProxySettings, build_candidate, proxy_batches, sample_archs
 from kdnas.models import FeatureNet, create_model
 from kdnas.proxies import compute_proxies, teacher_stats
 from kdnas.spaces import create_space
@@ -73,8 +72,8 @@ def main() -> None:
     cache = Path(os.environ.get("KDNAS_CACHE_DIR", Path.home() / ".cache" / "kdnas")).expanduser()
     data = build_data(DataConfig(), cache / "data", cache)
     batch = proxy_batches(data, ProxySettings(batch_size=args.batch_size), args.seed, torch.device("cpu"))[0]
-    space, rng = create_space(args.space), random.Random(args.seed)
-    archs = list({a.arch_id: a for a in (space.sample(rng) for _ in range(20 * args.archs))}.values())[: args.archs]
+    space = create_space(args.space)
+    archs = sample_archs(space, args.archs, args.seed)
     students = [build_candidate(space, a, data.num_classes, data.input_size, args.seed).train() for a in archs]
     torch.manual_seed(args.seed)
     teacher = create_model(args.teacher, num_classes=data.num_classes).train()  # random init, as DisWOT's default

@@ -14,7 +14,7 @@ import kdnas
 from kdnas.api import compose
 from kdnas.config import DataConfig
 from kdnas.data import build_data
-from kdnas.distill.cache import TeacherLogitCache
+from kdnas.distill.cache import TeacherLogitCache, prebuild
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.objective import DistillObjective
 from kdnas.distill.teachers import Teacher, weights_sha256
@@ -199,6 +199,8 @@ def test_required_cache_fails_clearly_when_cold(data, tmp_path: Path) -> None:
     cache = TeacherLogitCache(tmp_path, data, "train", seed=0, mode="required")
     with pytest.raises(ConfigError, match="teacher.cache=required"):
         cache.get(net, weights_sha256(net), 0)
+    prebuild(TeacherLogitCache(tmp_path, data, "train", seed=0), [net], [weights_sha256(net)], epochs=2)
+    assert cache.get(net, weights_sha256(net), 1).shape == (data.num_samples("train"), 10)
 
 
 # ------------------------------------------------------------------------------- ensemble and task
@@ -228,3 +230,20 @@ def test_task_distill_end_to_end_with_ce_comparison(tmp_path: Path) -> None:
     for run in (tmp_path, tmp_path / "ce"):
         assert (run / "model.safetensors").is_file()
         assert json.loads((run / "model.json").read_text())["model"] == "resnet8"
+
+
+def test_task_distill_student_from_a_searched_arch(tmp_path: Path) -> None:
+    from omegaconf import open_dict
+
+    from kdnas.api import execute
+    from kdnas.spaces import create_space
+
+    arch = create_space("resnet_cifar").make({"depth1": 1, "depth2": 1, "depth3": 1})
+    (tmp_path / "best_arch.json").write_text(json.dumps(arch.to_json()))
+    cfg = compose("distill", [*SMOKE, "teacher.model=resnet8", "distill=kd", "trainer.max_steps_per_epoch=2"])
+    with open_dict(cfg):
+        cfg.student = {"arch": str(tmp_path / "best_arch.json")}
+    summary = execute(cfg, tmp_path / "run", raise_errors=True)
+    assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
+    assert json.loads((tmp_path / "run" / "arch.json").read_text())["arch_id"] == arch.arch_id
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["model"] == f"arch:{arch.arch_id}"

@@ -41,6 +41,11 @@ class ModelConfig:
 
 
 @dataclass
+class StudentConfig:
+    arch: str | None = None  # an arch JSON written by a search run; None = the `model` group's network
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = 2
     train_split: str = "train"  # train (= mini-train when data.val_fraction > 0) | train_full
@@ -108,6 +113,7 @@ class KdnasConfig:
     progress: bool = True  # tqdm bars (quiet anyway when not a TTY)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -37,7 +37,8 @@ from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
 from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
-from kdnas.proxies.diswot import TERMS, TeacherStats
+from kdnas.proxies.base import INITS
+from kdnas.proxies.diswot import COMBINES, SEMANTIC_FORMS, TERMS, TeacherStats
 from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.costs import CostModel
@@ -59,6 +60,17 @@ def build_candidate(space: SearchSpace, arch: Arch, num_classes: int, input_size
     """``arch``'s network with its init drawn from (seed, arch_id), as task=distill ``student.arch`` builds it."""
     torch.manual_seed(derive_seed(seed, "init", arch.arch_id))
     return space.build(arch, num_classes, input_size)
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
+    """Up to ``n`` distinct uniformly sampled archs (fewer only when 50 n draws find no more), seeded."""
+    rng, archs = random.Random(seed), {}
+    for _ in range(50 * n):
+        arch = space.sample(rng)
+        archs.setdefault(arch.arch_id, arch)
+        if len(archs) == n:
+            break
+    return list(archs.values())
 
 
 class CachedEvaluator:
@@ -114,8 +126,12 @@ class ProxySettings:
     rank_reference: int = 32  # combine=rank: archs sampled once per search as the rank reference
 
     def __post_init__(self) -> None:
-        if self.teacher_state not in ("random", "trained"):
-            raise ConfigError(f"proxy.teacher_state={self.teacher_state!r} is not one of random, trained.")
+        get_proxy(self.name)
+        allowed = {"semantic": SEMANTIC_FORMS, "combine": COMBINES, "init": INITS,
+                   "teacher_state": ("random", "trained")}
+        for key, options in allowed.items():
+            if getattr(self, key) not in options:
+                raise ConfigError(f"proxy.{key}={getattr(self, key)!r} is not one of {', '.join(options)}.")
         if self.combine == "rank" and self.rank_reference < 2:
             raise ConfigError("proxy.combine=rank needs proxy.rank_reference >= 2 reference archs.")
 
@@ -181,19 +197,11 @@ class ProxyEvaluator(CachedEvaluator):
             self.stats = [teacher_stats(teacher, b, semantic=s.semantic, combine=s.combine) for b in self.batches]
             log.info("DisWOT teacher statistics computed on %d batch(es), once for this search", len(self.batches))
             if s.combine == "rank":
-                refs = [self.per_batch(self.build(a), TERMS) for a in self.reference_archs()]
+                reference = sample_archs(self.space, s.rank_reference, derive_seed(self.seed, "rank-reference"))
+                refs = [self.per_batch(self.build(a), TERMS) for a in reference]
                 for i, st in enumerate(self.stats):
                     st.reference = {t: torch.tensor([r[i][t] for r in refs]) for t in TERMS}
         return self.stats
-
-    def reference_archs(self) -> list[Arch]:
-        rng, archs = random.Random(derive_seed(self.seed, "rank-reference")), {}
-        for _ in range(50 * self.settings.rank_reference):
-            arch = self.space.sample(rng)
-            archs[arch.arch_id] = arch
-            if len(archs) == self.settings.rank_reference:
-                break
-        return list(archs.values())
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         """Scores averaged over the batches; the costs come from the same pass (the ``params`` and ``flops``

@@ -73,7 +73,7 @@ class TeacherLogitCache:
         return self.root / f"{key['teacher'][:16]}-{stable_hash(key, 24)}.safetensors"
 
     def get(self, net: nn.Module, teacher_hash: str, epoch: int) -> Tensor:
-        """Logits [N, K] (fp16, CPU, rows in split order) of ``net``'s on epoch ``epoch``'s views."""
+        """``net``'s logits [N, K] (fp16, CPU, rows in split order) on the views of epoch ``epoch``."""
         key = self.key(teacher_hash, epoch)
         path = self.path(key)
         logits, problem = self.load(path, key)

@@ -16,7 +16,6 @@ seed; readable as ``correlate.ground_truth``) and ``scatter_<truth>.png``.
 from __future__ import annotations
 
 import csv
-import random
 from collections import defaultdict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,7 +29,7 @@ from kdnas.context import RunContext, to_object
 from kdnas.correlation import markdown, proxy_stats, rank_normalise, scatter, seed_noise
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
-from kdnas.evaluators import proxy_evaluator, train_evaluator
+from kdnas.evaluators import proxy_evaluator, sample_archs, train_evaluator
 from kdnas.proxies.diswot import TERMS
 from kdnas.spaces import space_from_config
 from kdnas.spaces.base import Arch, SearchSpace
@@ -79,13 +78,7 @@ def arch_set(space: SearchSpace, spec: Any, seed: int) -> list[Arch]:
             raise ConfigError(f"correlate.archs=all: space {space.name!r} has {size or 'unbounded'} archs; pass a "
                               f"number instead (correlate.archs=64).")
         return list(space.enumerate())
-    n, rng, archs = int(spec), random.Random(derive_seed(seed, "correlate-archs")), {}
-    for _ in range(50 * n):
-        arch = space.sample(rng)
-        archs.setdefault(arch.arch_id, arch)
-        if len(archs) == n:
-            break
-    return list(archs.values())
+    return sample_archs(space, int(spec), derive_seed(seed, "correlate-archs"))
 
 
 def _option(space: SearchSpace, name: str, cell: str, where: str) -> Any:
@@ -160,43 +153,57 @@ def _write_tsv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer.writerows(rows)
 
 
+def analyse(run: Path, s: CorrelateSettings, archs: list[Arch], columns: dict[str, list[float]],
+            params: list[float], truth: Truth) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per ground truth: every proxy's statistics, the seed noise, and a scatter plot."""
+    results, noise = {}, {}
+    for name, per_arch in truth.items():
+        ids = [i for i, a in enumerate(archs) if a.arch_id in per_arch]
+        runs = [per_arch[archs[i].arch_id] for i in ids]
+        y = [accs[0] for accs in runs]
+        cols = {p: [v[i] for i in ids] for p, v in columns.items()}
+        results[name] = {p: proxy_stats(c, y, [params[i] for i in ids], top_k=s.top_k, bands=s.bands)
+                         for p, c in cols.items()}
+        noise[name] = seed_noise(per_arch)
+        spread = {j: accs for j, accs in enumerate(runs) if len(accs) > 1}
+        scatter(run / f"scatter_{name}.png", cols, y, name, spread, results[name])
+    return results, noise
+
+
+def write_rows(run: Path, space: SearchSpace, archs: list[Arch], columns: dict[str, list[float]],
+               params: list[float], truth: Truth) -> None:
+    """``correlate.tsv`` (an arch per row: proxies and first-seed truths) and ``ground_truth.tsv`` (an arch and
+    seed per row, the format ``correlate.ground_truth`` reads)."""
+    decisions = [d.name for d in space.decisions()]
+    _write_tsv(run / "correlate.tsv", ["arch_id", *decisions, "params_count", *columns, *truth],
+               [[a.arch_id, *(a.decisions[d] for d in decisions), params[i], *(columns[c][i] for c in columns),
+                 *(truth[t].get(a.arch_id, [""])[0] for t in truth)] for i, a in enumerate(archs)])
+    rows = []
+    for a in archs:
+        accs = [truth[t].get(a.arch_id, []) for t in truth]
+        rows += [[*(a.decisions[d] for d in decisions), k, *(v[k] if k < len(v) else "" for v in accs)]
+                 for k in range(max(map(len, accs), default=0))]
+    _write_tsv(run / "ground_truth.tsv", [*decisions, "seed", *truth], rows)
+
+
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
     apply_runtime(to_object(cfg.trainer, TrainerConfig))
     s = CorrelateSettings.from_config(cfg.correlate)
     space = space_from_config(cfg.space)
-    costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
     if s.ground_truth:
         archs, truth = read_ground_truth(s.ground_truth, space)
     else:
         archs = arch_set(space, s.archs, cfg.seed)
-        truth = train_truth(ctx, space, s, archs, costs)
+        truth = train_truth(ctx, space, s, archs, CostModel(space, ctx.data.num_classes, ctx.data.input_size))
     scored = proxy_evaluator(ctx, space, names=s.proxies).evaluate(archs)
-    columns = proxy_columns(scored)
-    params = [r["costs"]["params"] for r in scored]
-    results, noise = {}, {}
-    for name, per_arch in truth.items():
-        ids = [i for i, a in enumerate(archs) if a.arch_id in per_arch]
-        y = [per_arch[archs[i].arch_id][0] for i in ids]
-        cols = {p: [v[i] for i in ids] for p, v in columns.items()}
-        results[name] = {p: proxy_stats(c, y, [params[i] for i in ids], top_k=s.top_k, bands=s.bands)
-                         for p, c in cols.items()}
-        noise[name] = seed_noise(per_arch)
-        spread = {j: per_arch[archs[i].arch_id] for j, i in enumerate(ids) if len(per_arch[archs[i].arch_id]) > 1}
-        scatter(ctx.run.path / f"scatter_{name}.png", cols, y, name, spread, results[name])
+    columns, params = proxy_columns(scored), [r["costs"]["params"] for r in scored]
+    results, noise = analyse(ctx.run.path, s, archs, columns, params, truth)
     text = markdown(results, noise, s.top_k, len(archs))
     (ctx.run.path / "correlate.md").write_text(text + "\n")
     atomic_write_json(ctx.run.path / "correlate.json", {"schema_version": 1, "archs": len(archs), "results": results,
                                                        "noise": noise})
-    decisions = [d.name for d in space.decisions()]
-    _write_tsv(ctx.run.path / "correlate.tsv", ["arch_id", *decisions, "params_count", *columns, *truth],
-               [[a.arch_id, *(a.decisions[d] for d in decisions), params[i], *(columns[c][i] for c in columns),
-                 *(truth[t].get(a.arch_id, [""])[0] for t in truth)] for i, a in enumerate(archs)])
-    seeds = max((len(v) for per_arch in truth.values() for v in per_arch.values()), default=0)
-    _write_tsv(ctx.run.path / "ground_truth.tsv", [*decisions, "seed", *truth],
-               [[*(a.decisions[d] for d in decisions), k, *((truth[t].get(a.arch_id, []) + [""] * seeds)[k]
-                                                            for t in truth)]
-                for a in archs for k in range(seeds) if any(len(truth[t].get(a.arch_id, [])) > k for t in truth)])
+    write_rows(ctx.run.path, space, archs, columns, params, truth)
     print(text)
     best = {name: max(r, key=lambda p: np.nan_to_num(r[p]["spearman"], nan=-2)) for name, r in results.items()}
     return {"archs": len(archs), "best_proxy": best, "spearman": {name: {p: r[p]["spearman"] for p in r}

@@ -26,7 +26,6 @@ from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
-from kdnas.utils import derive_seed
 
 TOP1 = ("test_top1_best", "test_top1_last")
 
@@ -37,20 +36,15 @@ def student_factory(ctx: RunContext) -> tuple[Callable[[], nn.Module], str, Path
     arch_path = OmegaConf.select(cfg, "student.arch", default=None)
     if arch_path is None:
         return (lambda: build_model(cfg.model, num_classes, cfg.seed)), str(cfg.model.name), None
-    try:
-        from kdnas.spaces import create_space, load_arch
-    except ImportError:
-        raise ConfigError("student.arch=PATH needs kdnas.spaces (load_arch, create_space), which this install "
-                          "lacks; distil a zoo or timm student with model=NAME instead.") from None
-    path = Path(arch_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"student.arch={str(path)!r} does not exist: pass the arch JSON a search run wrote.")
-    arch = load_arch(path)
-    space = create_space(arch.space)
+    from kdnas.evaluators import build_candidate
+    from kdnas.spaces import load_arch, space_for
 
-    def make() -> nn.Module:
-        torch.manual_seed(derive_seed(cfg.seed, "init", arch.arch_id))
-        return space.build(arch, num_classes=num_classes)
+    path = Path(arch_path).expanduser()
+    arch = load_arch(path)
+    space = space_for(arch)
+
+    def make() -> nn.Module:  # the init a search evaluator gives this arch: seeded by (seed, arch_id)
+        return build_candidate(space, arch, num_classes, ctx.data.input_size, cfg.seed)
 
     return make, f"arch:{arch.arch_id}", path
 
