@@ -32,9 +32,10 @@ from kdnas.spaces import create_space
 
 
 def batch_similarity(f_t: torch.Tensor, f_s: torch.Tensor) -> torch.Tensor:
-    """Official ``batch_similarity`` (README), verbatim up to names."""
+    """Official ``batch_similarity`` (README), verbatim up to names and ``reshape`` for ``view`` (which
+    channels_last maps refuse)."""
     bsz = f_s.shape[0]
-    f_s, f_t = f_s.view(bsz, -1), f_t.view(bsz, -1)
+    f_s, f_t = f_s.reshape(bsz, -1), f_t.reshape(bsz, -1)
     g_s, g_t = F.normalize(torch.mm(f_s, f_s.t())), F.normalize(torch.mm(f_t, f_t.t()))
     return ((g_t - g_s) * (g_t - g_s)).view(-1, 1).sum() / (bsz * bsz)
 
@@ -67,16 +68,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--memory-format", choices=["channels_last", "contiguous"], default="channels_last")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cache = Path(os.environ.get("KDNAS_CACHE_DIR", Path.home() / ".cache" / "kdnas")).expanduser()
     data = build_data(DataConfig(), cache / "data", cache)
-    batch = proxy_batches(data, ProxySettings(batch_size=args.batch_size), args.seed, torch.device("cpu"))[0]
+    channels_last = args.memory_format == "channels_last"  # both paths alike
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    batch = proxy_batches(data, ProxySettings(batch_size=args.batch_size), args.seed, torch.device("cpu"),
+                          channels_last)[0]
     space = create_space(args.space)
     archs = sample_archs(space, args.archs, args.seed)
-    students = [build_candidate(space, a, data.num_classes, data.input_size, args.seed).train() for a in archs]
-    torch.manual_seed(args.seed)
-    teacher = create_model(args.teacher, num_classes=data.num_classes).train()  # random init, as DisWOT's default
+    students = [build_candidate(space, a, data.num_classes, data.input_size, args.seed).train().to(memory_format=fmt)
+                for a in archs]
+    torch.manual_seed(args.seed)  # a random teacher, as DisWOT's default
+    teacher = create_model(args.teacher, num_classes=data.num_classes).train().to(memory_format=fmt)
 
     official_scores(teacher, students[0], batch.x, batch.y)  # warm-up (allocator, kernels) for both paths
     compute_proxies(students[0], batch, ["diswot"], teacher_stats(teacher, batch))
@@ -91,8 +97,8 @@ def main() -> None:
 
     diff = max(max(abs(f["diswot_semantic"] - sem), abs(f["diswot_relational"] - rel)) / max(abs(sem), abs(rel))
                for f, (sem, rel) in zip(fast, slow))
-    print(f"teacher {args.teacher}, {len(archs)} archs of {args.space}, batch {args.batch_size}, "
-          f"{args.threads} thread(s), {torch.get_num_threads()} used")
+    print(f"teacher {args.teacher}, {len(archs)} archs of {args.space}, batch {args.batch_size}, {args.memory_format}, "
+          f"{torch.get_num_threads()} thread(s)")
     print(f"official per-candidate loop: {len(archs) / t_official:7.2f} candidates/s ({t_official:.2f} s)")
     print(f"kdnas cached teacher stats : {len(archs) / t_kdnas:7.2f} candidates/s ({t_kdnas:.2f} s)")
     print(f"speed-up: {t_official / t_kdnas:.1f}x   largest relative score difference: {diff:.2e}")

@@ -130,7 +130,8 @@ def test_killed_search_resumes_to_the_same_trajectory(tmp_path: Path, variant: s
         (tmp_path / "full" / "topk.json").read_text())
 
 
-SEARCH = [*SMOKE, "search.budget=8", "search.batch=4", "strategy.population=4",
+GROUPS = ["space=resnet_cifar", "strategy=diswot", "proxy=diswot"]
+SEARCH = [*SMOKE, *GROUPS, "search.budget=8", "search.batch=4", "strategy.population=4",
           "strategy.sample_size=2", "strategy.top_k=1", "proxy.batch_size=16"]
 
 
@@ -160,7 +161,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-CORRELATE = [*SMOKE, "correlate.archs=6", "correlate.proxies=[diswot,params,snip]", "correlate.noise_subset=2",
+CORRELATE = [*SMOKE, *GROUPS, "correlate.archs=6", "correlate.proxies=[diswot,params,snip]", "correlate.noise_subset=2",
              "+correlate.trainer.max_steps_per_epoch=2", "correlate.top_k=2", "correlate.bands=2",
              "teacher.model=resnet8", "proxy.batch_size=16"]
 

@@ -131,6 +131,9 @@ def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSp
     cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     name = cfg.pop("name", None)
     _import_strategies()
+    if name is None:
+        raise ConfigError(f"No search strategy selected: pick one with strategy=<name> (diswot, zero_cost, random); "
+                          f"registered strategies: {', '.join(sorted(_STRATEGIES))}.")
     if name not in _STRATEGIES:
         raise ConfigError(f"Unknown search strategy strategy.name={name!r}; available: "
                           f"{', '.join(sorted(_STRATEGIES))} (pick one with strategy=<name>).")
