@@ -233,16 +233,13 @@ def test_task_distill_end_to_end_with_ce_comparison(tmp_path: Path) -> None:
 
 
 def test_task_distill_student_from_a_searched_arch(tmp_path: Path) -> None:
-    from omegaconf import open_dict
-
     from kdnas.api import execute
     from kdnas.spaces import create_space
 
     arch = create_space("resnet_cifar").make({"depth1": 1, "depth2": 1, "depth3": 1})
     (tmp_path / "best_arch.json").write_text(json.dumps(arch.to_json()))
-    cfg = compose("distill", [*SMOKE, "teacher.model=resnet8", "distill=kd", "trainer.max_steps_per_epoch=2"])
-    with open_dict(cfg):
-        cfg.student = {"arch": str(tmp_path / "best_arch.json")}
+    cfg = compose("distill", [*SMOKE, "teacher.model=resnet8", "distill=kd", "trainer.max_steps_per_epoch=2",
+                              f"student.arch={tmp_path / 'best_arch.json'}"])
     summary = execute(cfg, tmp_path / "run", raise_errors=True)
     assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
     assert json.loads((tmp_path / "run" / "arch.json").read_text())["arch_id"] == arch.arch_id

@@ -59,7 +59,7 @@ class Evaluator(Protocol):
 def build_candidate(space: SearchSpace, arch: Arch, num_classes: int, input_size: int, seed: int) -> FeatureNet:
     """``arch``'s network with its init drawn from (seed, arch_id), as task=distill ``student.arch`` builds it."""
     torch.manual_seed(derive_seed(seed, "init", arch.arch_id))
-    return space.build(arch, num_classes, input_size)
+    return space.for_arch(arch).build(arch, num_classes, input_size)
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:

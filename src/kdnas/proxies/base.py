@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdnas.data import Batch
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet, Features
+
+if TYPE_CHECKING:
+    from kdnas.proxies.diswot import TeacherStats
 
 NEEDS = frozenset({"forward", "codes", "flops", "param_grad", "input_grad", "teacher"})
 # Activation functions whose input signs make the binary codes of Mellor et al. (ReLU, and the ReLU-like
@@ -137,7 +140,8 @@ class HammingKernel(TorchFunctionMode):
 class Probe:
     """One candidate on one batch, after the shared passes: what every proxy function reads."""
 
-    def __init__(self, model: FeatureNet, batch: Batch, needs: frozenset[str], teacher: Any = None) -> None:
+    def __init__(self, model: FeatureNet, batch: Batch, needs: frozenset[str], teacher: TeacherStats | None = None
+                 ) -> None:
         self.model, self.batch, self.teacher = model, batch, teacher
         self.features: Features | None = None
         self.kernel: np.ndarray | None = None
@@ -173,8 +177,8 @@ class Probe:
         self.flops = counter.get_total_flops() // x.shape[0] if isinstance(counter, FlopCounterMode) else None
 
 
-def compute_proxies(model: FeatureNet, batch: Batch, names: Iterable[str], teacher_stats: Any = None
-                    ) -> dict[str, float]:
+def compute_proxies(model: FeatureNet, batch: Batch, names: Iterable[str],
+                    teacher_stats: TeacherStats | None = None) -> dict[str, float]:
     """Score ``model`` on ``batch`` with every proxy in ``names`` (one shared forward and at most one
     backward per gradient kind); returns ``{name: score}`` plus any extra terms a proxy reports
     (``diswot`` adds ``diswot_semantic`` and ``diswot_relational``)."""

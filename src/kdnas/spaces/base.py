@@ -139,6 +139,13 @@ class SearchSpace:
         for combo in itertools.product(*(d.options for d in ds)):
             yield Arch(self.name, self.version, {**{d.name: o for d, o in zip(ds, combo)}, **self.fixed})
 
+    def for_arch(self, arch: Arch) -> SearchSpace:
+        """This space, or the same space configured as ``arch``'s fixed decisions say: KDAS rounds promote the
+        best candidate to the next round's base, so one search sees archs of several configurations."""
+        if all(arch.decisions.get(k) == v for k, v in self.fixed.items()):
+            return self
+        return space_for(arch)
+
     def validate(self, arch: Arch) -> Arch:
         """Return ``arch`` if it belongs to this space (name, version, every key and option), else raise."""
         if arch.space != self.name or arch.version != self.version:

@@ -213,17 +213,18 @@ class CostModel:
         unknown = set(keys) - set(COST_KEYS)
         if unknown:
             raise ConfigError(f"Unknown cost(s) {sorted(unknown)}; known: {', '.join(COST_KEYS)}.")
-        c = self._cache.setdefault(self.space.arch_id(arch), {})
+        space = self.space.for_arch(arch)
+        c = self._cache.setdefault(space.arch_id(arch), {})
         missing = set(keys) - set(c)
         if missing:
-            meta = _meta_build(self.space, arch, self.num_classes, self.input_size)
+            meta = _meta_build(space, arch, self.num_classes, self.input_size)
             c["params"] = count_params(meta)
             if missing & {"macs", "flops"}:
                 c.update(count_flops(meta, self.input_size))
             if "latency_ms" in missing:
                 table = self.latency_table = self.latency_table or LatencyTable()
                 if table.missing(meta, self.input_size):
-                    table.measure(self.space.build(arch, self.num_classes, self.input_size), self.input_size)
+                    table.measure(space.build(arch, self.num_classes, self.input_size), self.input_size)
                 c["latency_ms"] = table.predict(meta, self.input_size)
         return {k: c[k] for k in keys}
 

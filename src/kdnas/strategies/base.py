@@ -14,8 +14,10 @@ uninterrupted trajectory.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+import pkgutil
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -117,7 +119,11 @@ def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
 
 
 def _import_strategies() -> None:
-    from kdnas.strategies import evolution, random  # noqa: F401
+    """Import every module of this package once, so that each registers its strategies."""
+    import kdnas.strategies as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def list_strategies() -> list[str]:
