@@ -7,11 +7,13 @@ hold ``Any`` dicts; everything in the foundation is fully typed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -147,3 +149,19 @@ def register_configs() -> None:
 
 __all__ = ["MISSING", "KdnasConfig", "DataConfig", "ModelConfig", "TrainerConfig", "TeacherConfig",
            "LoggerConfig", "PathsConfig", "register_configs"]
+
+
+def dataclass_from_node(schema: type[T], node: Any, key: str, hint: str = "") -> T:
+    """A ``schema`` dataclass from a config node (DictConfig, mapping or None) of group ``key``; unknown keys
+    raise one ConfigError naming them and the accepted ones (groups typed ``Any`` in the top-level schema)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from kdnas.errors import ConfigError
+
+    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    known = [f.name for f in fields(schema)]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise ConfigError(f"Unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}{hint}; known: "
+                          f"{', '.join(f'{key}.{k}' for k in sorted(known))}.")
+    return schema(**cfg)

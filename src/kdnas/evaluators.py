@@ -20,15 +20,15 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
-from kdnas.config import ModelConfig, TrainerConfig
+from kdnas.config import ModelConfig, TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, build_model, to_object
 from kdnas.data import Batch, DataModule
 from kdnas.distill.cache import tensor_sha256
@@ -142,13 +142,7 @@ class ProxySettings:
 
     @classmethod
     def from_config(cls, node: Any) -> ProxySettings:
-        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {', '.join(f'proxy.{k}' for k in unknown)}; known: "
-                              f"{', '.join(f'proxy.{k}' for k in sorted(known))}.")
-        return cls(**cfg)
+        return dataclass_from_node(cls, node, "proxy")
 
 
 def proxy_batches(data: DataModule, settings: ProxySettings, seed: int, device: torch.device,

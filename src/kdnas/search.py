@@ -20,13 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from kdnas.config import TrainerConfig
+from kdnas.config import TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, to_object
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
@@ -62,12 +60,7 @@ class SearchSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
-        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {', '.join(f'search.{k}' for k in unknown)}; known: "
-                              f"{', '.join(f'search.{f.name}' for f in fields(cls))}.")
-        return cls(**cfg)
+        return dataclass_from_node(cls, node, "search")
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

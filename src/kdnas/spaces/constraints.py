@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from kdnas.config import dataclass_from_node
 from kdnas.errors import ConfigError, ConstraintError
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.costs import CostModel
@@ -73,13 +74,7 @@ class Constraint:
 
 def constraint_from_config(node: Mapping[str, Any] | DictConfig | None) -> Constraint:
     """A Constraint from a ``constraint:`` config node (None: no limits); unknown keys raise ConfigError."""
-    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    known = {f.name for f in fields(Constraint)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(f'constraint.{k}' for k in unknown)}; known: "
-                          f"{', '.join(f'constraint.{k}' for k in sorted(known))}.")
-    return Constraint(**cfg)
+    return dataclass_from_node(Constraint, node, "constraint")
 
 
 def sample_valid(space: SearchSpace, rng: random.Random, constraint: Constraint, max_tries: int = 200,

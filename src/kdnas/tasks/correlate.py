@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 
-from kdnas.config import TrainerConfig
+from kdnas.config import TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, to_object
 from kdnas.correlation import markdown, proxy_stats, rank_normalise, scatter, seed_noise
 from kdnas.engine.trainer import apply_runtime
@@ -62,12 +61,7 @@ class CorrelateSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> CorrelateSettings:
-        cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        unknown = sorted(set(cfg) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {', '.join(f'correlate.{k}' for k in unknown)}; known: "
-                              f"{', '.join(f'correlate.{f.name}' for f in fields(cls))}.")
-        return cls(**cfg)
+        return dataclass_from_node(cls, node, "correlate")
 
 
 def arch_set(space: SearchSpace, spec: Any, seed: int) -> list[Arch]:

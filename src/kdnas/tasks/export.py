@@ -13,14 +13,14 @@ MACs/FLOPs (FLOPs = 2 x MACs) and the measured CPU latency at batch 1 (``trainer
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from kdnas.config import dataclass_from_node
 from kdnas.context import RunContext
 from kdnas.engine.checkpoint import load_weights, save_weights
 from kdnas.engine.trainer import write_model_card
@@ -58,13 +58,7 @@ class LogitsOnly(nn.Module):
 
 
 def export_config(node: Any) -> ExportConfig:
-    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    known = {f.name for f in fields(ExportConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(f'export.{k}' for k in unknown)}; known: "
-                          f"{', '.join(f'export.{k}' for k in sorted(known))}.")
-    e = ExportConfig(**cfg)
+    e = dataclass_from_node(ExportConfig, node, "export")
     if (e.arch is None) == (e.run_dir is None):
         raise ConfigError("task=export needs exactly one of export.arch=PATH (an arch JSON) or export.run_dir=DIR (a "
                           "trained run folder with model.safetensors and arch.json or model.json); compose the keys "

@@ -23,17 +23,17 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from kdnas.config import TrainerConfig
+from kdnas.config import TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, to_object
 from kdnas.data import Batch
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -83,13 +83,7 @@ class CreamConfig:
 
 
 def cream_config(node: DictConfig | dict[str, Any] | None) -> CreamConfig:
-    cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-    known = {f.name for f in fields(CreamConfig)}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(f'strategy.{k}' for k in unknown)} for strategy cream; it "
-                          f"accepts {', '.join(f'strategy.{k}' for k in sorted(known))}.")
-    return CreamConfig(**cfg)
+    return dataclass_from_node(CreamConfig, node, "strategy", " for strategy cream")
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
