@@ -129,6 +129,7 @@ class KdnasConfig:
     search: Any = None
     export: Any = None
     correlate: Any = None
+    report: Any = None
     debug: Any = None
     experiment: Any = None
     run_dir: str | None = None  # set by the CLI / API; where this run writes
