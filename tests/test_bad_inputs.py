@@ -206,3 +206,25 @@ def test_disk_full_keeps_the_previous_file_and_says_so(finished_run: Path, tmp_p
     assert (run_dir / "summary.json").read_bytes() == summary
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
     assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC surfacing at fsync of the second epoch's checkpoint tensors (safetensors' own writer would drop
+    it and leave a truncated file): a clear error, and the first epoch's checkpoint stays the latest, intact."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if "epoch_0002" in target and ".safetensors" in target:  # the tensors in the .tmp-epoch_0002 folder
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(utils.os, "fsync", fsync)
+    run_dir = tmp_path / "run"
+    with pytest.raises(KdnasError, match="No space left on device"):
+        kdnas.run("train", [*TINY, "trainer.epochs=2"], run_dir=str(run_dir))
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    assert latest is not None and latest.name == "epoch_0001"
+    load_checkpoint(latest)  # every file verified against its sha256
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
+    assert not (run_dir / "summary.json").exists()

@@ -15,17 +15,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from kdnas.data import DataModule
+from kdnas.engine.checkpoint import write_safetensors
 from kdnas.errors import ConfigError
 from kdnas.utils import canonical_json, stable_hash
 
@@ -109,15 +107,8 @@ class TeacherLogitCache:
         return logits, ""
 
     def save(self, path: Path, key: dict, logits: Tensor) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"logits": logits.contiguous()}, tmp,
-                      metadata={"key": canonical_json(key), "sha256": tensor_sha256(logits)})
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_safetensors(path, {"logits": logits.contiguous()},
+                          {"key": canonical_json(key), "sha256": tensor_sha256(logits)})
 
     @torch.no_grad()
     def compute(self, net: nn.Module, epoch: int) -> Tensor:

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from kdnas.errors import CheckpointError
 from kdnas.utils import atomic_write_bytes, atomic_write_json
@@ -68,13 +69,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+                      ) -> None:
+    """An atomic safetensors file. Serialised in memory and written by :func:`atomic_write_bytes`, because
+    ``safetensors.torch.save_file`` drops write errors (a full disk leaves a truncated file and no error)."""
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
+
+
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
                  ) -> None:
     """safetensors file of contiguous CPU tensors (channels_last tensors are refused otherwise)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, metadata)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -110,7 +115,7 @@ def save_checkpoint(directory: str | Path, tag: str, *, model_state: dict[str, t
     tmp.mkdir()
     save_weights(tmp / "model.safetensors", model_state)
     tensors, skeleton = pack(state)
-    save_file(tensors, str(tmp / "state.safetensors"))
+    write_safetensors(tmp / "state.safetensors", tensors)
     (tmp / "state.json").write_text(json.dumps(skeleton))
     files = {n: _sha256(tmp / n) for n in ("model.safetensors", "state.safetensors", "state.json")}
     atomic_write_json(tmp / "meta.json", {"format": FORMAT, "tag": tag, "sha256": files, **meta})
