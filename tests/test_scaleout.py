@@ -140,16 +140,27 @@ def accumulated_reference(overrides: list[str], world_size: int) -> tuple[dict[s
     return {k: v.detach() for k, v in model.named_parameters()}, sum(losses) / len(losses)
 
 
+def torchrun_kdnas(*overrides: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`kdnas OVERRIDES` as 2 gloo ranks under torchrun; a hang fails the test at the timeout."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+                "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
+    proc = subprocess.run([*torchrun, "-m", "kdnas.cli", *overrides], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def test_ddp_two_ranks_match_one_process_accumulating(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     overrides = [*TINY, "trainer.batch_size=8"]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
-                "--master-addr=127.0.0.1", f"--master-port={free_port()}"]
-    proc = subprocess.run([*torchrun, "-m", "kdnas.cli", *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = torchrun_kdnas(*overrides, f"hydra.run.dir={run_dir}", cwd=tmp_path)
 
-    params, loss = accumulated_reference(overrides, world_size=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks (OMP_NUM_THREADS=1): CPU float sums depend on the thread count
+    try:
+        params, loss = accumulated_reference(overrides, world_size=2)
+    finally:
+        torch.set_num_threads(threads)
     trained = load_weights(run_dir / "model.safetensors")
     initial = build_model(compose("train", overrides).model, 10, 0).state_dict()
     assert any(not torch.allclose(initial[k], p, atol=1e-4) for k, p in params.items())  # the steps moved them
@@ -159,6 +170,18 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path: Path) -> None:
     assert train["loss"] == pytest.approx(loss, rel=1e-5)
     assert json.loads((run_dir / "provenance.json").read_text())["world_size"] == 2
     assert proc.stdout.count("done:") == 1  # rank 0 alone logs
+
+
+def test_ddp_ranks_train_a_missing_teacher_together(tmp_path: Path) -> None:
+    """Rank 0 holds the teacher store's lock for the group (a rank blocked on it deadlocked the others)."""
+    cache = tmp_path / "cache"
+    torchrun_kdnas(*TINY, "task=distill", "teacher.model=resnet8", "teacher.trainer.max_steps_per_epoch=3",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, KDNAS_CACHE_DIR=str(cache))
+    entries = [p for p in (cache / "teachers").iterdir() if p.is_dir()]
+    assert [p.name.split("-")[0] for p in entries] == ["resnet8"]
+    assert json.loads((entries[0] / "teacher.json").read_text())["model"] == "resnet8"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["teacher_test_top1"] is not None
 
 
 # -- crash safety ----------------------------------------------------------------------------------------

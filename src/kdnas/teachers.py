@@ -7,6 +7,7 @@ Layout: ``<cache_dir>/teachers/<model>-<key>/`` with ``model.safetensors`` and `
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdnas.config import ModelConfig, TrainerConfig
+from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_weights
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import CheckpointError, ConfigError
@@ -137,10 +139,13 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
 
     tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
     store, key, trainer_cfg = teacher_key(ctx, tcfg)
-    with store.lock(key):
-        found = store.lookup(key)
-        if found is not None and not force:
-            return found, read_json(found / "teacher.json")
+    main = distributed.world().is_main
+    # Under torchrun, rank 0 holds the store lock for the whole group and decides: the ranks train a missing
+    # teacher together (DDP), so a rank waiting on the lock would deadlock the collective ops of the others.
+    with store.lock(key) if main else contextlib.nullcontext():
+        stored = "yes" if main and store.lookup(key) is not None else "no"
+        if distributed.gather(stored)[0] == "yes" and not force:
+            return store.root / key, read_json(store.root / key / "teacher.json")  # complete: renamed in whole
         if not (tcfg.train_if_missing or force):
             raise ConfigError(
                 f"No stored teacher {tcfg.model!r} for this data set and recipe (store key {key}). Train it with "
@@ -151,11 +156,14 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
         net = build_model(ModelConfig(name=tcfg.model), ctx.data.num_classes, tcfg.seed)
         trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key)
         summary = trainer.fit(resume=ctx.resume)
-        run.write_summary(summary)
         meta = {"model": tcfg.model, "num_classes": ctx.data.num_classes, "data_fingerprint": ctx.data.fingerprint,
                 "data": ctx.cfg.data.name, "seed": tcfg.seed, "recipe": recipe_of(trainer_cfg),
                 "test_top1": summary.get("test_top1_last"), "summary": summary, "trained_in": str(run.path)}
-        path = store.put(key, run.path / "model.safetensors", meta)
+        if main:
+            run.write_summary(summary)
+            store.put(key, run.path / "model.safetensors", meta)
+        distributed.gather("filed")  # the other ranks read the entry once rank 0 has filed it
+        path = store.root / key
         return path, read_json(path / "teacher.json")
 
 
