@@ -8,6 +8,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -128,6 +129,27 @@ def test_killed_search_resumes_to_the_same_trajectory(tmp_path: Path, variant: s
     assert (resumed["best_arch_id"], resumed["evaluated"]) == (full["best_arch_id"], 30)
     assert json.loads((tmp_path / "killed" / "topk.json").read_text()) == json.loads(
         (tmp_path / "full" / "topk.json").read_text())
+
+
+def test_time_budget_stops_asking_and_accumulates_over_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """A fake clock that advances 10 s per evaluated batch: the search stops once its own seconds reach the
+    time budget, and a rerun with a larger one continues from the checkpointed seconds."""
+    clock = Synthetic()
+    monkeypatch.setattr("kdnas.search.time", SimpleNamespace(perf_counter=lambda: 10.0 * clock.calls))
+
+    def search(time_budget_s: float) -> dict[str, Any]:
+        strategy = create_strategy(EVOLUTION, create_space("resnet_cifar"), seed=3)
+        return run_search(strategy, clock, RunDir(tmp_path), budget=30, batch=4, config_hash="h",
+                          time_budget_s=time_budget_s)
+
+    first = search(35)  # batches start at 0, 10, 20, 30 s; at 40 s no new one is asked
+    assert (first["stopped_by"], first["evaluated"], first["seconds"]) == ("time", 16, 40)
+    assert len(_history(tmp_path)) == 16
+    clock.calls = 100  # a new session: its clock starts elsewhere, the search's seconds do not
+    second = search(55)
+    assert (second["stopped_by"], second["evaluated"], second["seconds"]) == ("time", 24, 60)
+    assert search(1000)["stopped_by"] == "budget"
 
 
 GROUPS = ["space=resnet_cifar", "strategy=diswot", "proxy=diswot"]

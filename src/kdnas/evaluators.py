@@ -8,19 +8,26 @@
 Every result is a JSON dict with a float ``reward``, cached on disk under
 ``<cache_dir>/evals/<fingerprint>/<arch_id>.json`` (atomic writes), where the fingerprint hashes everything
 the result depends on besides the arch (kind, settings, data, batch or recipe, teacher, seed). ``evaluate_one`` is a
-pure function of (arch, evaluator config) with a candidate seed derived from (seed, arch_id), so a process
-pool or a submitit executor can map it over the cache misses.
+pure function of (arch, evaluator config) with a candidate seed derived from (seed, arch_id), so a :class:`Pool`
+(``search.executor``: worker processes, or submitit jobs locally or on SLURM) can map it over the cache misses: a
+worker rebuilds the evaluator from a picklable :class:`WorkerSpec`, the parent writes every cache entry, so the
+results (and a search's history) are those of in-process evaluation.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,6 +41,7 @@ from kdnas.data import Batch, DataModule
 from kdnas.distill.cache import tensor_sha256
 from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
 from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
@@ -48,6 +56,7 @@ from kdnas.utils import atomic_write_json, derive_seed, read_json, resolve_devic
 log = logging.getLogger("kdnas")
 EVAL_FORMAT = 1
 COSTS = ("params", "flops")
+EXECUTORS = ("local", "processes", "submitit_local", "submitit_slurm")
 
 
 class Evaluator(Protocol):
@@ -79,10 +88,11 @@ def memory_format(x: torch.Tensor) -> torch.memory_format:
 
 
 class CachedEvaluator:
-    """Disk cache in front of :meth:`evaluate_one`; counts hits and misses."""
+    """Disk cache in front of :meth:`evaluate_one`; counts hits and misses. With a ``pool``, the misses of one
+    :meth:`evaluate` call are computed in workers (rebuilt from :meth:`worker_spec`) instead of in-process."""
 
-    def __init__(self, cache_dir: str | Path, identity: dict[str, Any]) -> None:
-        self.identity = identity
+    def __init__(self, cache_dir: str | Path, identity: dict[str, Any], pool: Pool | None = None) -> None:
+        self.identity, self.pool = identity, pool
         self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT})
         self.root = Path(cache_dir).expanduser() / "evals" / self.fingerprint
         self.hits = self.misses = 0
@@ -95,22 +105,174 @@ class CachedEvaluator:
         return entry.get("result") if entry.get("arch_id") == arch.arch_id else None
 
     def evaluate(self, archs: Sequence[Arch]) -> list[dict[str, Any]]:
-        out = []
-        for arch in archs:
-            result = self.lookup(arch)
-            if result is None:
-                self.misses += 1
-                result = self.evaluate_one(arch)
-                atomic_write_json(self.root / f"{arch.arch_id}.json", {
-                    "schema_version": 1, "arch_id": arch.arch_id, "arch": arch.to_json(), "identity": self.identity,
-                    "result": result})
-            else:
-                self.hits += 1
-            out.append(result)
-        return out
+        """Results in the order of ``archs``; each miss is computed once (a repeat in ``archs`` is a hit) and
+        cached in that order as results arrive, so a rerun after a kill recomputes only what was not written."""
+        results = {a.arch_id: self.lookup(a) for a in archs}
+        misses = [a for a in {a.arch_id: a for a in archs}.values() if results[a.arch_id] is None]
+        for arch, result in zip(misses, self.compute(misses)):
+            atomic_write_json(self.root / f"{arch.arch_id}.json", {
+                "schema_version": 1, "arch_id": arch.arch_id, "arch": arch.to_json(), "identity": self.identity,
+                "result": result})
+            results[arch.arch_id] = result
+        self.misses += len(misses)
+        self.hits += len(archs) - len(misses)
+        return [results[a.arch_id] for a in archs]
+
+    def compute(self, archs: list[Arch]) -> Iterator[dict[str, Any]]:
+        """``evaluate_one`` of each arch, in order: in-process (lazily, one at a time) or over the pool."""
+        if self.pool is None or not archs:
+            return map(self.evaluate_one, archs)
+        return self.pool.map(self.worker_spec(), archs)
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         raise NotImplementedError
+
+    def worker_spec(self) -> WorkerSpec:
+        raise NotImplementedError
+
+
+# -- evaluation in worker processes or submitit jobs --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """``search.slurm``: the SLURM job of one candidate (``search.executor=submitit_slurm``); ``timeout_min``
+    also bounds a ``submitit_local`` job."""
+
+    partition: str | None = None
+    account: str | None = None
+    timeout_min: int = 240
+    gpus_per_node: int = 1
+    cpus_per_task: int = 4
+    mem_gb: float = 16
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to rebuild an evaluator: the live one holds a RunContext and a teacher and cannot be
+    pickled. ``build(ctx, **kwargs)`` is a module-level factory; ``key`` names the rebuilt evaluator, which a
+    long-lived worker process keeps for the next candidate."""
+
+    key: str
+    config: dict[str, Any]  # the run's resolved config
+    run_dir: str
+    build: Callable[..., CachedEvaluator]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_WORKER_EVALUATORS: dict[str, CachedEvaluator] = {}
+
+
+def _pin_gpu(gpu: str | None) -> None:
+    """One GPU per worker: must run before the worker's first CUDA call."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+
+def _pin_gpu_from(queue: Any) -> None:
+    _pin_gpu(queue.get() if queue is not None else None)
+
+
+def evaluate_in_worker(spec: WorkerSpec, arch: Arch, gpu: str | None = None) -> dict[str, Any]:
+    """The job a worker process or submitit job runs: rebuild (once per process) the evaluator, evaluate ``arch``."""
+    _pin_gpu(gpu)
+    evaluator = _WORKER_EVALUATORS.get(spec.key)
+    if evaluator is None:
+        cfg = OmegaConf.create({**spec.config, "logger": {"kind": "none"}})  # the parent mirrors to wandb, not workers
+        apply_runtime(to_object(cfg.trainer, TrainerConfig))  # torch threads = trainer.num_threads, determinism
+        evaluator = _WORKER_EVALUATORS[spec.key] = spec.build(RunContext(cfg, RunDir(spec.run_dir)), **spec.kwargs)
+    return evaluator.evaluate_one(arch)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs workers are spread over (round-robin): the parent's ``CUDA_VISIBLE_DEVICES``, else all."""
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(i) for i in range(torch.cuda.device_count())]
+
+
+class Pool:
+    """Maps :func:`evaluate_in_worker` over candidates with at most ``workers`` at a time, results in order."""
+
+    def __init__(self, executor: str, workers: int, folder: Path, slurm: SlurmSettings) -> None:
+        self.executor, self.workers, self.folder, self.slurm = executor, workers, folder, slurm
+        self.gpus = visible_gpus() if executor != "submitit_slurm" else []  # SLURM allots each job its GPUs
+        self.processes: ProcessPoolExecutor | None = None
+        self.submitit = _submitit() if executor.startswith("submitit") else None
+
+    def map(self, spec: WorkerSpec, archs: list[Arch]) -> Iterator[dict[str, Any]]:
+        if self.executor == "processes":
+            return self.process_pool().map(evaluate_in_worker, repeat(spec), archs)
+        if self.executor == "submitit_slurm":
+            jobs = self.submitit_executor("slurm").map_array(evaluate_in_worker, [spec] * len(archs), archs)
+            return (job.result() for job in jobs)
+        return self.local_jobs(spec, archs)
+
+    def process_pool(self) -> ProcessPoolExecutor:
+        """Spawned (not forked: the parent may hold CUDA or OpenMP state), kept for every later batch."""
+        if self.processes is None:
+            mp = multiprocessing.get_context("spawn")
+            queue = mp.Queue() if self.gpus else None
+            for i in range(self.workers) if queue is not None else ():
+                queue.put(self.gpu(i))
+            self.processes = ProcessPoolExecutor(self.workers, mp_context=mp, initializer=_pin_gpu_from,
+                                                 initargs=(queue,))
+        return self.processes
+
+    def gpu(self, worker: int) -> str | None:
+        """The GPU of the ``worker``-th process or job of a wave (round-robin), None without CUDA."""
+        return self.gpus[worker % len(self.gpus)] if self.gpus else None
+
+    def submitit_executor(self, cluster: str) -> Any:
+        s = self.slurm
+        executor = self.submitit.AutoExecutor(folder=self.folder, cluster=cluster)
+        executor.update_parameters(timeout_min=s.timeout_min, name="kdnas-candidate")
+        if cluster == "slurm":
+            executor.update_parameters(
+                gpus_per_node=s.gpus_per_node, cpus_per_task=s.cpus_per_task, mem_gb=s.mem_gb, nodes=1,
+                tasks_per_node=1, slurm_array_parallelism=self.workers,
+                **{f"slurm_{k}": v for k, v in (("partition", s.partition), ("account", s.account)) if v})
+        return executor
+
+    def local_jobs(self, spec: WorkerSpec, archs: list[Arch]) -> Iterator[dict[str, Any]]:
+        """submitit's local executor runs every submitted job at once: submit ``workers`` at a time."""
+        executor = self.submitit_executor("local")
+        for start in range(0, len(archs), self.workers):
+            wave = archs[start:start + self.workers]
+            jobs = [executor.submit(evaluate_in_worker, spec, arch, self.gpu(k)) for k, arch in enumerate(wave)]
+            yield from (job.result() for job in jobs)
+
+    def close(self) -> None:
+        if self.processes is not None:
+            self.processes.shutdown(cancel_futures=True)
+            self.processes = None
+
+
+def _submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("search.executor=submitit_* needs submitit: pip install 'kdnas[cluster]' (or pip install "
+                          "submitit), or use search.executor=processes on one machine.") from None
+    return submitit
+
+
+@contextmanager
+def evaluation_pool(executor: str, workers: int, folder: Path, slurm: Any = None) -> Iterator[Pool | None]:
+    """The pool of ``search.executor`` (None = in-process), its worker processes ended on exit; submitit keeps
+    its job files under ``folder``."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"search.executor={executor!r} is not one of {', '.join(EXECUTORS)}.")
+    if workers < 1:
+        raise ConfigError(f"search.workers={workers} must be >= 1 (parallel candidate evaluations).")
+    settings = dataclass_from_node(SlurmSettings, slurm, "search.slurm")
+    pool = None if executor == "local" else Pool(executor, workers, folder, settings)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 # -- training-free ------------------------------------------------------------------------------------
@@ -241,13 +403,20 @@ def proxy_evaluator(ctx: RunContext, space: SearchSpace, names: Sequence[str] = 
 # -- short training ---------------------------------------------------------------------------------
 
 
+def per_epoch(records: list[dict[str, Any]], key: str, split: str = "train") -> list[float]:
+    """``key`` of each epoch's ``split`` record of a metrics.jsonl (empty when the run never logged it)."""
+    return [r[key] for r in records if r.get("split") == split and key in r]
+
+
 class TrainEvaluator(CachedEvaluator):
     """Trains each candidate with ``distill`` (KD from the teacher, or CE alone) and ``trainer`` on mini-train;
     reward = last-epoch mini-val top-1. Candidate runs live in ``runs/<arch_id>`` (resumable; their
-    checkpoints are deleted once the result is cached)."""
+    checkpoints are deleted once the result is cached). With ``distill=oracle`` the result also carries
+    ``oracle_disagreement``: per epoch, the fraction of training samples where the oracle target differs from
+    plain KD (KDAS)."""
 
     def __init__(self, ctx: RunContext, space: SearchSpace, *, distill: DistillConfig, trainer: TrainerConfig,
-                 seed: int, runs: RunDir, costs: CostModel | None = None) -> None:
+                 seed: int, runs: RunDir, costs: CostModel | None = None, pool: Pool | None = None) -> None:
         if ctx.data.num_samples("val") == 0:
             raise ConfigError("Candidate training is scored on mini-val: set data.val_fraction > 0 (e.g. 0.1).")
         self.ctx, self.space, self.distill, self.trainer = ctx, space, distill, trainer
@@ -259,7 +428,7 @@ class TrainEvaluator(CachedEvaluator):
             "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
             "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.fingerprint,
             "split": {"val_fraction": data.val_fraction, "split_seed": data.split_seed, "augment": data.augment,
-                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed})
+                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed}, pool)
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         from kdnas.tasks.distill import distill_student
@@ -271,20 +440,31 @@ class TrainEvaluator(CachedEvaluator):
         summary = distill_student(self.ctx, model, self.teacher, self.distill, run, seed,
                                   student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+        disagreement = per_epoch(run.read_metrics(), "loss_oracle_disagreement")
         return {"reward": summary["val_top1_last"], "val_top1": summary["val_top1_last"],
                 "test_top1": summary["test_top1_last"], "costs": self.costs(arch, COSTS),
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start,
+                **({"oracle_disagreement": disagreement} if disagreement else {})}
+
+    def worker_spec(self) -> WorkerSpec:
+        """The same evaluator in a worker: the parent's config and run folder, this recipe, seed and runs folder."""
+        return WorkerSpec(key=f"{self.fingerprint}:{self.runs.path}",
+                          config=OmegaConf.to_container(self.ctx.cfg, resolve=True),  # type: ignore[arg-type]
+                          run_dir=str(self.ctx.run.path), build=TrainEvaluator,
+                          kwargs={"space": self.space, "distill": self.distill, "trainer": self.trainer,
+                                  "seed": self.seed, "runs": self.runs})
 
 
 CE_ONLY = {"weights": {"ce": 1.0}}
 
 
 def train_evaluator(ctx: RunContext, space: SearchSpace, *, objective: str, trainer: Any, seed: int, runs: RunDir,
-                    costs: CostModel | None = None) -> TrainEvaluator:
+                    costs: CostModel | None = None, pool: Pool | None = None) -> TrainEvaluator:
     """``objective``: ``kd`` (the ``distill:`` config, KD by default) or ``ce``; ``trainer`` overrides merged
-    over the run's ``trainer:`` (the candidate recipe)."""
+    over the run's ``trainer:`` (the candidate recipe); ``pool``: where the candidates train (None: in-process)."""
     if objective not in ("kd", "ce"):
         raise ConfigError(f"Candidate training objective {objective!r} is not one of kd, ce.")
     recipe = to_object(OmegaConf.merge(ctx.cfg.trainer, trainer or {}), TrainerConfig)
     distill = distill_config(CE_ONLY if objective == "ce" else ctx.cfg.distill)
-    return TrainEvaluator(ctx, space, distill=distill, trainer=recipe, seed=seed, runs=runs, costs=costs)
+    return TrainEvaluator(ctx, space, distill=distill, trainer=recipe, seed=seed, runs=runs, costs=costs,
+                          pool=pool)

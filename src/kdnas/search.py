@@ -7,8 +7,17 @@
         checkpoint(strategy.state_dict(), history) # atomically, every step
 
 ``search.budget`` counts candidate evaluations (cache hits included), ``search.batch`` archs per step.
+``search.time_budget_s`` (optional) also stops the loop: no new batch is asked once the search's own wall-clock
+(the loop's seconds, summed over resumes) reaches it. That is what an equal-wall-clock comparison of strategies
+needs, but such a search is not bit-reproducible: how many candidates fit depends on the machine's speed. The
+summary records ``seconds`` and ``stopped_by`` (``budget``: evaluation budget reached, ``time``: time budget
+reached, ``space``: no unseen valid arch left).
 A killed search rerun in the same folder restores the last checkpoint (strategy state with its RNG),
 truncates ``history.jsonl`` to it and continues: it ends with the uninterrupted run's result.
+
+Candidates are evaluated in-process, or ``search.workers`` at a time in worker processes or submitit jobs
+(``search.executor``, :class:`kdnas.evaluators.Pool`; training evaluator only: a proxy score takes
+milliseconds); the history is the same either way.
 
 Writes in its run folder: ``history.jsonl`` (one line per evaluated arch: step, arch, arch_id, reward,
 scores, costs), ``best_arch.json`` (an arch file task=distill ``student.arch=`` reads), ``topk.json`` and
@@ -29,7 +38,7 @@ from kdnas.context import RunContext, to_object
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import CheckpointError, ConfigError
-from kdnas.evaluators import Evaluator, proxy_evaluator, train_evaluator
+from kdnas.evaluators import Evaluator, evaluation_pool, proxy_evaluator, train_evaluator
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config
 from kdnas.spaces.constraints import constraint_from_config
@@ -51,12 +60,19 @@ class SearchSettings:
     objective: str = "kd"  # train evaluator: kd (distill=...) | ce
     trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
     top_k: int = 5  # archs listed in topk.json
+    time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
+    executor: str = "local"  # train evaluator: local | processes | submitit_local | submitit_slurm
+    workers: int = 1  # candidates evaluated at once (executor != local)
+    slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.evaluators.SlurmSettings
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.batch < 1:
             raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
         if self.evaluator not in ("proxy", "train"):
             raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train.")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
+                              "limit (search.budget alone ends the search).")
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
@@ -77,10 +93,12 @@ def ranked(strategy: Strategy, k: int | None = None) -> list[dict[str, Any]]:
 
 
 def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget: int, batch: int, config_hash: str,
-               resume: bool = True, top_k: int = 5) -> dict[str, Any]:
-    """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps)."""
+               resume: bool = True, top_k: int = 5, time_budget_s: float | None = None) -> dict[str, Any]:
+    """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps, seconds,
+    why it stopped)."""
     ckpt_dir, history = run.path / "search_checkpoints", run.path / "history.jsonl"
     evaluated = step = 0
+    seconds = 0.0  # the loop's wall-clock in earlier sessions (checkpointed)
     latest = latest_checkpoint(ckpt_dir) if resume else None
     if latest is not None:
         _, state, meta = load_checkpoint(latest)
@@ -89,13 +107,23 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
                                   f"hash {meta.get('config_hash')} vs {config_hash}). Resume with the same overrides, "
                                   "use a new run folder, or pass resume=false to start it over.")
         strategy.load_state_dict(state["strategy"])
-        evaluated, step = state["evaluated"], state["step"]
+        evaluated, step, seconds = state["evaluated"], state["step"], state.get("seconds", 0.0)
         log.info("search resumed at step %d (%d of %d evaluations done)", step, evaluated, budget)
     _truncate_lines(history, evaluated)
     start = time.perf_counter()
+    stopped_by = "budget"
+
+    def elapsed() -> float:
+        return seconds + time.perf_counter() - start
+
     while evaluated < budget:
+        if time_budget_s is not None and elapsed() >= time_budget_s:
+            stopped_by = "time"
+            log.info("search: time budget of %gs reached after %d evaluations", time_budget_s, evaluated)
+            break
         archs = strategy.ask(min(batch, budget - evaluated))
         if not archs:
+            stopped_by = "space"
             log.info("search: the space has no unseen valid arch left after %d evaluations", evaluated)
             break
         results = evaluator.evaluate(archs)
@@ -107,19 +135,22 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
                                     "arch": arch.decisions, **result}) + "\n")
         evaluated += len(archs)
         save_checkpoint(ckpt_dir, f"step_{step:05d}", model_state={},
-                        state={"strategy": strategy.state_dict(), "evaluated": evaluated, "step": step},
+                        state={"strategy": strategy.state_dict(), "evaluated": evaluated, "step": step,
+                               "seconds": elapsed()},
                         meta={"config_hash": config_hash, "evaluated": evaluated})
         best = strategy.best()
         log.info("search step %d: %d/%d evaluated, best reward %.6g (%s)", step, evaluated, budget,
                  best[1]["reward"], best[0].arch_id)
     top = ranked(strategy, top_k)
     if not top:
-        raise ConfigError("The search evaluated no architecture: raise search.budget or check the space/constraint.")
+        raise ConfigError("The search evaluated no architecture: raise search.budget or search.time_budget_s, or check "
+                          "the space/constraint.")
     best = {k: v for k, v in top[0].items() if k not in ("arch", "rank")}
     atomic_write_json(run.path / "best_arch.json", {**top[0]["arch"], "result": best})
     atomic_write_json(run.path / "topk.json", {"schema_version": SCHEMA_VERSION, "top": top})
     return {"best_arch_id": top[0]["arch"]["arch_id"], "best_arch": top[0]["arch"]["decisions"],
             "best_reward": best["reward"], "evaluated": evaluated, "steps": step, "strategy": strategy.name,
+            "seconds": elapsed(), "stopped_by": stopped_by, "time_budget_s": time_budget_s,
             "search_seconds_this_session": time.perf_counter() - start,
             "best_arch_path": str(run.path / "best_arch.json")}
 
@@ -133,12 +164,14 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
     costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
     strategy = create_strategy(cfg.strategy, space, constraint=constraint_from_config(cfg.constraint), costs=costs,
                                seed=cfg.seed)
-    if settings.evaluator == "proxy":
-        evaluator: Any = proxy_evaluator(ctx, space)
-    else:
-        evaluator = train_evaluator(ctx, space, objective=settings.objective, trainer=settings.trainer, seed=cfg.seed,
-                                    runs=run.sub("candidates"), costs=costs)
-    summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
-                         config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k)
+    with evaluation_pool(settings.executor, settings.workers, run.path / "submitit", settings.slurm) as pool:
+        if settings.evaluator == "proxy":
+            evaluator: Any = proxy_evaluator(ctx, space)
+        else:
+            evaluator = train_evaluator(ctx, space, objective=settings.objective, trainer=settings.trainer,
+                                        seed=cfg.seed, runs=run.sub("candidates"), costs=costs, pool=pool)
+        summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
+                             config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k,
+                             time_budget_s=settings.time_budget_s)
     return {**summary, "space": space.name, "evaluator": settings.evaluator, "evaluator_fingerprint":
             evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses}

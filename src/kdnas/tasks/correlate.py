@@ -7,7 +7,9 @@ from ``correlate.ground_truth=FILE``. Trained results are cached per (arch_id, r
 rerun continues where it stopped, and a rerun trains nothing.
 
 DisWOT is reported as its two terms, their raw sum (``diswot_sum``, the paper's fitness) and their mean
-rank-normalised value over the set (``diswot_rank``). Writes ``correlate.md`` (Spearman, Kendall,
+rank-normalised value over the set (``diswot_rank``). The ground-truth candidates train where a search's do:
+in-process, or ``search.workers`` at a time per ``search.executor`` (worker processes, submitit jobs locally or
+on SLURM with ``search.slurm``); the results are the same. Writes ``correlate.md`` (Spearman, Kendall,
 precision at top-k, partial Spearman given the parameter count, Spearman within parameter bands, seed
 noise), ``correlate.json``, ``correlate.tsv`` (one row per arch), ``ground_truth.tsv`` (one row per arch and
 seed; readable as ``correlate.ground_truth``) and ``scatter_<truth>.png``.
@@ -28,7 +30,7 @@ from kdnas.context import RunContext, to_object
 from kdnas.correlation import markdown, proxy_stats, rank_normalise, scatter, seed_noise
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
-from kdnas.evaluators import proxy_evaluator, sample_archs, train_evaluator
+from kdnas.evaluators import Pool, evaluation_pool, proxy_evaluator, sample_archs, train_evaluator
 from kdnas.proxies.diswot import TERMS
 from kdnas.spaces import space_from_config
 from kdnas.spaces.base import Arch, SearchSpace
@@ -113,8 +115,8 @@ def noise_subset(archs: list[Arch], k: int) -> list[Arch]:
     return [archs[i] for i in idx]
 
 
-def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs: list[Arch], costs: CostModel
-                ) -> Truth:
+def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs: list[Arch], costs: CostModel,
+                pool: Pool | None = None) -> Truth:
     truth: Truth = {}
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
@@ -122,7 +124,7 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
             subset = archs if k == 0 else noise_subset(archs, s.noise_subset)
             seed = ctx.cfg.seed + k
             ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
-                                 runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"))
+                                 runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool)
             for arch, result in zip(subset, ev.evaluate(subset)):
                 per_arch[arch.arch_id].append(result[s.metric])
         truth[f"{objective}{SUFFIX}"] = dict(per_arch)
@@ -189,7 +191,10 @@ def run(ctx: RunContext) -> dict[str, Any]:
         archs, truth = read_ground_truth(s.ground_truth, space)
     else:
         archs = arch_set(space, s.archs, cfg.seed)
-        truth = train_truth(ctx, space, s, archs, CostModel(space, ctx.data.num_classes, ctx.data.input_size))
+        costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
+        search = cfg.search
+        with evaluation_pool(search.executor, search.workers, ctx.run.path / "submitit", search.slurm) as pool:
+            truth = train_truth(ctx, space, s, archs, costs, pool)
     scored = proxy_evaluator(ctx, space, names=s.proxies).evaluate(archs)
     columns, params = proxy_columns(scored), [r["costs"]["params"] for r in scored]
     results, noise = analyse(ctx.run.path, s, archs, columns, params, truth)
