@@ -4,11 +4,13 @@ launched the run or sweep, and tell the CLI which jobs failed (kdnas.api.execute
 A single run's task returns None when it failed. A sweep's jobs may run in other processes or machines
 (joblib, submitit), so the launching process reads the job folders' ``status.json`` files instead; only
 the files this sweep wrote count, so that re-running a sweep into a fixed ``hydra.sweep.dir`` after fixing
-a bad grid value does not report that value's old folder.
+a bad grid value does not report that value's old folder. With ``report.after_sweep=true`` a sweep ends with a
+report over its jobs in ``<hydra.sweep.dir>/report`` (kdnas.report).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +18,12 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kdnas.api import storage_error
 from kdnas.utils import read_json
+
+log = logging.getLogger("kdnas")
 
 
 @dataclass
@@ -40,6 +44,18 @@ def _make_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         sys.exit(f"kdnas: error: {storage_error(e, folder)}")
+
+
+def sweep_report(sweep_dir: Path) -> None:
+    """``report.after_sweep=true``: a report over the sweep's jobs in ``<sweep_dir>/report``. A failure here is
+    logged, never raised: it must not hide or change the jobs' own outcome and exit status."""
+    try:
+        from kdnas.report import build_report
+
+        print(f"kdnas: sweep report: {build_report(sweep_dir, sweep_dir / 'report')['report_html']}")
+    except Exception as e:
+        log.warning("the sweep report failed (%s: %s); retry with: kdnas task=report report.path=%s",
+                    type(e).__name__, e, sweep_dir)
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -79,3 +95,5 @@ class JobReport(Callback):
             if status.get("status") != "ok":
                 message = status.get("message") or f"the job stopped while {status.get('status')}"
                 OUTCOME.failed.append((str(status_file.parent), message))
+        if OmegaConf.select(config, "report.after_sweep", default=False):
+            sweep_report(self.sweep_dir)

@@ -1,0 +1,192 @@
+"""Assembling a report: a run folder gets its tables and plots; a sweep folder gets a jobs table, its failed
+jobs, the equal-budget strategy comparison of its task=pipeline jobs, then one section per job."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdnas.api import safe_dirname
+from kdnas.report import plots
+from kdnas.report.collect import Run, first, load_target, pipeline_row, read_json_or, stage_seconds
+from kdnas.report.render import Block, Figure, Section, Table, Text, figures, to_html, to_markdown
+from kdnas.utils import atomic_write_bytes
+
+TOP_K = 5
+# summary.json entries that identify rather than measure: left out of the summary table.
+NOT_FIGURES = ("schema_version", "run_dir", "config_hash", "best_arch_path")
+
+
+def fmt(value: Any, spec: str = ".2f") -> str:
+    """A table cell: ``-`` for missing, ``spec`` for floats, str otherwise."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def millions(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value / 1e6:.{digits}f}M"
+
+
+def _last(records: list[dict[str, Any]], split: str, key: str) -> Any:
+    return next((r[key] for r in reversed(records) if r.get("split") == split and key in r), None)
+
+
+def _figure(name: str, png: bytes | None, caption: str) -> list[Block]:
+    return [Figure(name, png, caption)] if png is not None else []
+
+
+def _stages(run: Run) -> list[tuple[str, Run]]:
+    return [(".", run), *((c.path.name, c) for c in run.children)]
+
+
+def overview(run: Run) -> Table:
+    """A row per folder (the run and its stages): status, epochs and the last logged figures."""
+    rows = []
+    for label, r in _stages(run):
+        epochs = max((m["epoch"] + 1 for m in r.metrics if "epoch" in m), default=None)
+        rows.append([label, r.task if r is run else "-", r.state if r is run or r.status else "-", fmt(epochs),
+                     fmt(_last(r.metrics, "train", "loss"), ".4f"),
+                     *(fmt(_last(r.metrics, split, "top1")) for split in ("train", "val", "test")),
+                     fmt(len(r.history) if r.history else None), fmt(stage_seconds(r), ".1f")])
+    return Table(["folder", "task", "status", "epochs", "train loss", "train top-1", "val top-1", "test top-1",
+                  "history records", "seconds"], rows)
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    """The scalar entries of summary.json (nested ones, e.g. a pipeline's search, are reported elsewhere)."""
+    rows = [[k, fmt(v, ".4g")] for k, v in sorted(summary.items())
+            if k not in NOT_FIGURES and isinstance(v, (int, float, str, bool))]
+    return Table(["summary.json", "value"], rows)
+
+
+def _decisions(arch: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in arch.items()) if isinstance(arch, dict) else "-"
+
+
+def search_blocks(run: Run, slug: str) -> list[Block]:
+    """Top archs, trajectory, decision histograms and Pareto fronts of one search's history.jsonl."""
+    history = [r for r in run.history if "reward" in r]
+    if not history:
+        return []
+    rewards = np.nan_to_num(np.asarray([r["reward"] for r in history], dtype=float), nan=-np.inf)
+    order = sorted(range(len(history)), key=lambda i: (-rewards[i], i))
+    costs = plots.pareto_costs(history)
+    top = [[str(rank + 1), str(history[i].get("arch_id", "-")), fmt(history[i]["reward"], ".4g"),
+            *(fmt((history[i].get("costs") or {}).get(k), ".4g") for k in costs), _decisions(history[i].get("arch"))]
+           for rank, i in enumerate(order[:TOP_K])]
+    blocks: list[Block] = [
+        Text(f"{len(history)} archs evaluated; best reward {fmt(history[order[0]]['reward'], '.4g')} "
+             f"({history[order[0]].get('arch_id', '-')})."),
+        Table(["rank", "arch_id", "reward", *costs, "decisions"], top),
+        *_figure(f"{slug}-trajectory", plots.search_trajectory(history), "Reward per evaluation and best so far"),
+        *_figure(f"{slug}-decisions", plots.decision_histograms(history),
+                 "Decision options sampled in the first vs the last half of the search"),
+    ]
+    if costs:
+        cost = [r["costs"][costs[0]] for r in history]
+        front = sorted(np.flatnonzero(plots.pareto_mask(cost, rewards)), key=lambda i: cost[i])
+        blocks += [*_figure(f"{slug}-pareto", plots.pareto_fronts(history),
+                            f"Reward vs {', '.join(costs)}; the line joins the non-dominated archs"),
+                   Text(f"Pareto front (reward vs {costs[0]}): {len(front)} arch(s)."),
+                   Table(["arch_id", "reward", *costs],
+                         [[str(history[i].get("arch_id", "-")), fmt(history[i]["reward"], ".4g"),
+                           *(fmt(history[i]["costs"][k], ".4g") for k in costs)] for i in front])]
+    return blocks
+
+
+def correlate_blocks(run: Run) -> list[Block]:
+    """task=correlate: a table per ground truth (a row per proxy, best Spearman first)."""
+    data = read_json_or(run.path / "correlate.json")
+    if not isinstance(data, dict) or not data.get("results"):
+        return []
+    blocks: list[Block] = [Text(f"{data.get('archs', '?')} archs; ground truths and proxies from correlate.json, "
+                                "one row per arch in correlate.tsv.")]
+    for truth, per_proxy in data["results"].items():
+        some = next(iter(per_proxy.values()), {})
+        p_at = next((k for k in some if k.startswith("precision_at_")), None)
+        order = sorted(per_proxy, key=lambda p: -np.nan_to_num(per_proxy[p].get("spearman", np.nan), nan=-2.0))
+        blocks.append(Section(f"Proxies vs {truth}", [Table(
+            ["proxy", "Spearman", "Kendall", f"P@{p_at.rsplit('_', 1)[-1]}" if p_at else "P@k", "partial (params)"],
+            [[p, *(fmt(per_proxy[p].get(k), "+.3f") for k in ("spearman", "kendall")),
+              fmt(per_proxy[p].get(p_at) if p_at else None), fmt(per_proxy[p].get("partial_spearman_given_params"),
+                                                                  "+.3f")] for p in order])]))
+    return blocks
+
+
+def run_blocks(run: Run, slug: str) -> list[Block]:
+    """Everything one run folder (with its stage folders) can show."""
+    blocks: list[Block] = []
+    if run.state != "ok":
+        blocks.append(Text(f"status {run.state}: {run.message}", note=True))
+    blocks += [overview(run)]
+    if run.summary:
+        blocks.append(summary_table(run.summary))
+    series = {label if label != "." else run.name: r.metrics for label, r in _stages(run) if r.metrics}
+    blocks += _figure(f"{slug}-curves", plots.training_curves(series),
+                      "Train loss and top-1 per epoch (" + ", ".join(series) + ")")
+    for label, r in _stages(run):
+        found = search_blocks(r, slug if r is run else f"{slug}-{safe_dirname(label)}")
+        if found:
+            blocks.append(Section(f"Search ({r.path.name if r is not run else run.name})", found))
+    blocks += correlate_blocks(run)
+    pngs = sorted(run.path.glob("*.png"))  # figures the run drew itself (correlate scatters, Cream's board)
+    blocks += [Figure(f"{slug}-{safe_dirname(p.stem)}", p.read_bytes(), f"{p.name}, as written by the run")
+               for p in pngs]
+    if not any(r.metrics or r.history or r.summary for _, r in _stages(run)):
+        blocks.append(Text("No metrics.jsonl, history.jsonl or summary.json here: nothing to plot.", note=True))
+    return blocks
+
+
+def comparison_blocks(jobs: list[Run]) -> list[Block]:
+    """Equal-budget comparison of the finished task=pipeline jobs: a row per job and accuracy vs seconds."""
+    rows = [pipeline_row(j) for j in jobs if j.task == "pipeline" and j.state == "ok" and j.summary]
+    if not rows:
+        return []
+    table = Table(["name", "strategy", "space", "evaluated", "search s", "retrain s", "total s", "params", "MACs",
+                   "FLOPs", "KD top-1", "CE top-1", "teacher top-1"],
+                  [[r["name"], fmt(r["strategy"]), fmt(r["space"]), fmt(r["evaluated"]), fmt(r["search_s"], ".1f"),
+                    fmt(r["retrain_s"], ".1f"), fmt(r["total_s"], ".1f"), millions(r["params"]),
+                    millions(r["macs"], 1), millions(r["flops"], 1), fmt(r["kd_top1"]), fmt(r["ce_top1"]),
+                    fmt(r["teacher_top1"])] for r in rows])
+    return [Section("Strategies at equal budget", [
+        Text("One row per task=pipeline job: the search's candidates and seconds, the retraining (KD and CE) "
+             "seconds, the winner's size and its test top-1 after retraining."),
+        table, *_figure("comparison", plots.comparison(rows), "Test top-1 of the retrained winner vs total seconds")])]
+
+
+def sweep_blocks(jobs: list[Run]) -> list[Block]:
+    rows = [[j.path.name, j.name, j.task, j.state, " ".join(j.overrides) or "-",
+             fmt(first(j.summary.get("kd_test_top1_last"), j.summary.get("test_top1_last"))),
+             fmt(j.summary.get("best_reward"), ".4g"), fmt(j.summary.get("wall_seconds"), ".1f")] for j in jobs]
+    failed = [j for j in jobs if j.state != "ok"]
+    blocks: list[Block] = [Section("Jobs", [Table(["folder", "name", "task", "status", "overrides", "test top-1",
+                                                   "best reward", "seconds"], rows)])]
+    if failed:
+        blocks.append(Section("Failed or unfinished jobs", [Table(["folder", "status", "message"], [
+            [j.path.name, j.state, j.message.splitlines()[0][:300] if j.message else "-"] for j in failed])]))
+    blocks += comparison_blocks(jobs)
+    blocks += [Section(f"Job {j.path.name}", run_blocks(j, safe_dirname(j.path.name))) for j in jobs]
+    return blocks
+
+
+def build_report(target: Path, out: Path) -> dict[str, Any]:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` in ``out`` for the run or sweep folder ``target``;
+    return their paths and what was reported."""
+    kind, runs = load_target(target)
+    doc = Section(f"kdnas report: {target.resolve().name}", [
+        Text(f"{kind} folder {target.resolve()} ({len(runs)} run(s)); generated {time.strftime('%Y-%m-%d %H:%M')}.")])
+    doc.blocks += sweep_blocks(runs) if kind == "sweep" else run_blocks(runs[0], "run")
+    written = []
+    for figure in figures(doc):
+        atomic_write_bytes(out / "plots" / f"{figure.name}.png", figure.png)
+        written.append(str(out / "plots" / f"{figure.name}.png"))
+    atomic_write_bytes(out / "report.md", to_markdown(doc).encode())
+    atomic_write_bytes(out / "report.html", to_html(doc).encode())
+    return {"kind": kind, "target": str(target.resolve()), "runs": len(runs), "report_md": str(out / "report.md"),
+            "report_html": str(out / "report.html"), "plots": written,
+            "failed": [r.path.name for r in runs if r.state != "ok"]}
