@@ -59,15 +59,18 @@ def _write(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
 
 
-def pipeline_job(folder: Path, name: str, strategy: str, *, kd: float, ce: float, wall: float) -> None:
-    """A finished task=pipeline job folder with known numbers: search 12.5 s (its session), distill 20 s (from the
-    metrics log), ce 10 s (its summary)."""
+def pipeline_job(folder: Path, name: str, strategy: str, *, kd: float, ce: float, wall: float,
+                 timings: bool = True) -> None:
+    """A finished task=pipeline job folder with known numbers: search 12.5 s, KD retraining 20 s, in the summary's
+    ``timings`` or (``timings=False``) only in the stage folders (the search's session, distill's metrics log)."""
     _write(folder / ".hydra" / "config.yaml", f"task: pipeline\nname: {name}\nstrategy:\n  name: {strategy}\n")
     _write(folder / ".hydra" / "overrides.yaml", f"- task=pipeline\n- strategy={strategy}\n")
     _write(folder / "status.json", {"status": "ok", "message": None})
     _write(folder / "summary.json", {
         "task": "pipeline", "wall_seconds": wall, "params": 123_000, "kd_test_top1_last": kd, "ce_test_top1_last": ce,
-        "teacher_test_top1": 70.0, "search": {"strategy": strategy, "space": "resnet_cifar", "evaluated": 16,
+        "teacher_test_top1": 70.0,
+        **({"timings": {"search_s": 12.5, "retrain_s": 20.0, "total_s": 32.5, "ce_s": 9.0}} if timings else {}),
+        "search": {"strategy": strategy, "space": "resnet_cifar", "evaluated": 16,
                                               "search_seconds_this_session": 12.5}})
     _write(folder / "search" / "best_arch.json", {"result": {"reward": 1.0, "costs": {"params": 123_000,
                                                                                        "flops": 40_000_000}}})
@@ -79,15 +82,15 @@ def pipeline_job(folder: Path, name: str, strategy: str, *, kd: float, ce: float
 def test_sweep_comparison_table_lists_each_strategy_and_the_failed_job(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     pipeline_job(sweep / "0-strategy=random", "cmp-random", "random", kd=61.2, ce=58.3, wall=50.0)
-    pipeline_job(sweep / "1-strategy=diswot", "cmp-diswot", "diswot", kd=63.4, ce=59.0, wall=55.5)
+    pipeline_job(sweep / "1-strategy=diswot", "cmp-diswot", "diswot", kd=63.4, ce=59.0, wall=55.5, timings=False)
     _write(sweep / "2-strategy=akd" / "status.json", {"status": "failed", "message": "ConfigError: boom\nmore"})
     _write(sweep / "multirun.yaml", "hydra: {}\n")
     summary = build_report(sweep, tmp_path / "report")
     md = Path(summary["report_md"]).read_text()
     assert summary["kind"] == "sweep" and summary["runs"] == 3 and summary["failed"] == ["2-strategy=akd"]
-    row = "| 16 | 12.5 | 30.0 | {} | 0.123M | 20.0M | 40.0M | {} | {} | 70.00 |"
-    assert "| cmp-random | random | resnet_cifar " + row.format("50.0", "61.20", "58.30") in md
-    assert "| cmp-diswot | diswot | resnet_cifar " + row.format("55.5", "63.40", "59.00") in md
+    row = "| 16 | 12.5 | 20.0 | 32.5 | 0.123M | 20.0M | 40.0M | {} | {} | 70.00 |"
+    assert "| cmp-random | random | resnet_cifar " + row.format("61.20", "58.30") in md
+    assert "| cmp-diswot | diswot | resnet_cifar " + row.format("63.40", "59.00") in md
     assert "| 2-strategy=akd | failed | ConfigError: boom |" in md
     assert "task=pipeline strategy=random" in md
     assert (tmp_path / "report" / "plots" / "comparison.png").stat().st_size > 1000

@@ -155,20 +155,23 @@ def stage_seconds(run: Run | None) -> float | None:
 def pipeline_row(run: Run) -> dict[str, Any]:
     """One row of the equal-budget comparison: a task=pipeline job's search cost, winner and accuracies.
 
-    Timings: the top-level ``search_seconds`` / ``retrain_seconds`` when the pipeline records them, else the
-    stage folders' own figures (search/ and distill/ + ce/), else the search summary's seconds of its last session.
+    Timings: the pipeline's ``timings`` (``search_s`` + ``retrain_s``, the winner's KD training, = ``total_s``),
+    else the stage folders' own figures (search/ and distill/), else the search summary's seconds of its last
+    session.
     """
     s = run.summary
     found = s.get("search") or {}
     costs = (read_json_or(run.path / "search" / "best_arch.json", {}).get("result") or {}).get("costs") or {}
-    retrain = [t for t in (stage_seconds(run.child("distill")), stage_seconds(run.child("ce"))) if t is not None]
+    timings = s.get("timings") or {}
+    search_s = first(timings.get("search_s"), stage_seconds(run.child("search")),
+                     found.get("search_seconds_this_session"))
+    retrain_s = first(timings.get("retrain_s"), stage_seconds(run.child("distill")))
     flops = first(s.get("flops"), costs.get("flops"), 2 * costs["macs"] if "macs" in costs else None)
     return {"name": run.name, "strategy": first(found.get("strategy"), run.group("strategy")),
             "space": first(found.get("space"), run.group("space")), "evaluated": found.get("evaluated"),
-            "search_s": first(s.get("search_seconds"), stage_seconds(run.child("search")),
-                              found.get("search_seconds_this_session")),
-            "retrain_s": first(s.get("retrain_seconds"), sum(retrain) if retrain else None),
-            "total_s": s.get("wall_seconds"), "params": first(s.get("params"), costs.get("params")),
+            "search_s": search_s, "retrain_s": retrain_s,
+            "total_s": first(timings.get("total_s"), None if None in (search_s, retrain_s) else search_s + retrain_s),
+            "params": first(s.get("params"), costs.get("params")),
             "macs": first(s.get("macs"), costs.get("macs"), flops // 2 if flops is not None else None),
             "flops": flops, "kd_top1": s.get("kd_test_top1_last"), "ce_top1": s.get("ce_test_top1_last"),
             "teacher_top1": s.get("teacher_test_top1")}
