@@ -207,3 +207,6 @@ def test_task_correlate_writes_table_and_plots_and_caches(tmp_path: Path, monkey
     from_file = kdnas.run("correlate", [*CORRELATE, f"correlate.ground_truth={tmp_path / 'a' / 'ground_truth.tsv'}"],
                           run_dir=tmp_path / "c")
     assert _same(from_file["spearman"], first["spearman"])
+    more = [o if o != "correlate.archs=6" else "correlate.archs=8" for o in CORRELATE]  # the 6 first, 2 untrained
+    cut = kdnas.run("correlate", [*more, "correlate.cached_only=true"], run_dir=tmp_path / "d")
+    assert cut["archs"] == 6 and _same(cut["spearman"], first["spearman"])

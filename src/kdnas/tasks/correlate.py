@@ -51,6 +51,7 @@ class CorrelateSettings:
     objectives: list[str] = field(default_factory=lambda: ["kd", "ce"])
     trainer: dict[str, Any] = field(default_factory=dict)
     ground_truth: str | None = None
+    cached_only: bool = False
     metric: str = "val_top1"  # val_top1 | test_top1
     noise_seeds: int = 1
     noise_subset: int = 4
@@ -125,8 +126,10 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
             seed = ctx.cfg.seed + k
             ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
                                  runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool)
-            for arch, result in zip(subset, ev.evaluate(subset)):
-                per_arch[arch.arch_id].append(result[s.metric])
+            results = [ev.lookup(a) for a in subset] if s.cached_only else ev.evaluate(subset)
+            for arch, result in zip(subset, results):
+                if result is not None and (k == 0 or arch.arch_id in per_arch):  # a seed's value after seed 0's
+                    per_arch[arch.arch_id].append(result[s.metric])
         truth[f"{objective}{SUFFIX}"] = dict(per_arch)
     return truth
 
@@ -195,6 +198,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
         search = cfg.search
         with evaluation_pool(search.executor, search.workers, ctx.run.path / "submitit", search.slurm) as pool:
             truth = train_truth(ctx, space, s, archs, costs, pool)
+        if s.cached_only:
+            archs = [a for a in archs if all(a.arch_id in t for t in truth.values())]
+            if len(archs) < 3:
+                raise ConfigError(f"correlate.cached_only=true: {len(archs)} arch(s) have every ground truth "
+                                  f"({', '.join(truth)}) cached for this recipe; a correlation needs 3 or more. Run "
+                                  "without correlate.cached_only to train them.")
     scored = proxy_evaluator(ctx, space, names=s.proxies).evaluate(archs)
     columns, params = proxy_columns(scored), [r["costs"]["params"] for r in scored]
     results, noise = analyse(ctx.run.path, s, archs, columns, params, truth)
