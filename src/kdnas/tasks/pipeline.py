@@ -4,34 +4,82 @@ teacher (from the store, trained on first use) -> search (``strategy=``, ``proxy
 ``constraint=``) -> the winner distilled from the teacher with ``distill=`` (KD; ``distill=diswot`` adds the
 DisWOT terms as losses, DisWOT-dagger) and, for comparison, the same student (same init, data order and
 recipe) trained with CE alone -> a short plain-text table, also written to ``pipeline.txt``.
+
+Every strategy runs here: the sample-based ones through :mod:`kdnas.search`; ``strategy=cream`` trains its
+supernet with the search recipe (``trainer`` with the ``search.trainer`` overrides, the recipe the train
+evaluator's candidates get), since ``trainer`` is the winner's retraining recipe. The summary's ``timings``
+(seconds of this session's wall clock) make runs comparable at an equal budget (experiment=compare_strategies):
+``search_s`` + ``retrain_s`` (the winner's KD training) = ``total_s``, the cost of a distilled student; the
+teacher (``teacher_s``) and the CE baseline (``ce_s``) are reported outside it. ``timings.cpu`` has the same keys
+in CPU seconds of this process: on a machine shared with other jobs, wall clock also measures their load.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from kdnas.context import RunContext
+from omegaconf import DictConfig, OmegaConf
+
+from kdnas.config import TrainerConfig
+from kdnas.context import RunContext, to_object
 from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import active_weights, distill_config
+from kdnas.errors import ConfigError
 from kdnas.evaluators import CE_ONLY, build_candidate
+from kdnas.runs import RunDir
 from kdnas.search import search
 from kdnas.spaces import load_arch, space_for
-from kdnas.spaces.costs import count_params
+from kdnas.spaces.costs import CostModel, count_params
+from kdnas.strategies.cream.search import CreamSearch
 from kdnas.tasks.distill import distill_student
 
 
 def table(rows: list[tuple[str, int | None, float | None]], title: str) -> str:
-    lines = [title, f"{'model':<44}{'params':>10}{'test top-1':>12}"]
+    w = max(44, *(len(name) + 2 for name, _, _ in rows))  # MBConv students have long names
+    lines = [title, f"{'model':<{w}}{'params':>10}{'test top-1':>12}"]
     for name, params, top1 in rows:
         p = f"{params / 1e6:.3f}M" if params is not None else "-"
-        lines.append(f"{name:<44}{p:>10}{f'{top1:.2f}' if top1 is not None else '-':>12}")
+        lines.append(f"{name:<{w}}{p:>10}{f'{top1:.2f}' if top1 is not None else '-':>12}")
     return "\n".join(lines)
+
+
+def search_any(ctx: RunContext, run: RunDir) -> dict[str, Any]:
+    """The search of any strategy in ``run``: cream's supernet or the shared sample-based loop."""
+    cfg = ctx.cfg
+    if OmegaConf.select(cfg, "strategy.name") != "cream":
+        return search(ctx, run)
+    recipe = to_object(OmegaConf.merge(cfg.trainer, cfg.search.trainer or {}), TrainerConfig)
+    found = CreamSearch(ctx, run=run, trainer=recipe).run()
+    if "best_arch_path" not in found:
+        raise ConfigError("strategy=cream ended with an empty board: its search stopped during the warm-up (no path "
+                          "is admitted before). Set strategy.warmup_epochs=0 or a shorter warm-up, or raise "
+                          "search.time_budget_s / search.trainer.epochs.")
+    return found
+
+
+def searched(found: dict[str, Any], cfg: DictConfig) -> str:
+    """How the winner was found, for the table's title."""
+    if "evaluated" not in found:  # cream
+        return f"supernet board of {found['board_size']}"
+    how = f"proxy {cfg.proxy.name}" if found["evaluator"] == "proxy" else f"{found['evaluator']} evaluator"
+    return f"{how}, {found['evaluated']} candidates"
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.cfg
+    timings: dict[str, Any] = {"cpu": {}}
+    laps = [(time.perf_counter(), time.process_time())]
+
+    def lap(stage: str) -> None:
+        """Wall and CPU seconds since the previous lap, as ``{stage}_s``."""
+        laps.append((time.perf_counter(), time.process_time()))
+        timings[f"{stage}_s"], timings["cpu"][f"{stage}_s"] = (b - a for a, b in zip(*laps[-2:]))
+
     teacher = build_teacher(ctx)
-    found = search(ctx, ctx.run.sub("search"))
+    lap("teacher")
+    found = search_any(ctx, ctx.run.sub("search"))
+    lap("search")
     arch = load_arch(found["best_arch_path"])
     space, data = space_for(arch), ctx.data
 
@@ -41,22 +89,32 @@ def run(ctx: RunContext) -> dict[str, Any]:
     name = f"arch:{arch.arch_id}"
     dcfg = distill_config(cfg.distill)
     kd = distill_student(ctx, student(), teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name)
+    lap("retrain")
     ce = distill_student(ctx, student(), None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
                          student_name=name)
+    lap("ce")
+    for t in (timings, timings["cpu"]):
+        t["total_s"] = t["search_s"] + t["retrain_s"]
     losses = "+".join(k for k in active_weights(dcfg) if k != "ce") or "ce"
     decisions = ",".join(f"{k}={v}" for k, v in arch.decisions.items() if k not in space.fixed)
-    params = count_params(student())
+    costs = CostModel(space, data.num_classes, data.input_size)(arch, ["params", "macs"])
+    params = int(costs["params"])
     text = table([(f"teacher {'+'.join(teacher.names)}", sum(count_params(m) for m in teacher.members),
                    kd.get("teacher_test_top1")),
                   (f"student {decisions} CE", params, ce["test_top1_last"]),
                   (f"student {decisions} {losses}", params, kd["test_top1_last"])],
                  f"kdnas pipeline: {cfg.data.name}, space {space.name}, strategy {found['strategy']}, "
-                 f"proxy {cfg.proxy.name}, {found['evaluated']} candidates")
+                 f"{searched(found, cfg)}")
     gain = kd["test_top1_last"] - ce["test_top1_last"]
-    text += f"\n{losses} vs CE: {gain:+.2f} points\nrun dir: {ctx.run.path}"
+    text += f"\n{losses} vs CE: {gain:+.2f} points"
+    for kind, t in (("wall clock", timings), ("CPU time", timings["cpu"])):
+        text += (f"\n{kind}: search {t['search_s']:.0f} s + {losses} retraining {t['retrain_s']:.0f} s = "
+                 f"{t['total_s']:.0f} s (CE baseline {t['ce_s']:.0f} s, teacher {t['teacher_s']:.0f} s)")
+    text += f"\nrun dir: {ctx.run.path}"
     print(text)
     (ctx.run.path / "pipeline.txt").write_text(text + "\n")
-    return {"arch_id": arch.arch_id, "arch": arch.decisions, "params": params, "losses": losses,
+    return {"name": cfg.name, "strategy": found["strategy"], "space": space.name, "arch_id": arch.arch_id,
+            "arch": arch.decisions, "params": params, "macs": int(costs["macs"]), "losses": losses,
             "teacher": teacher.names, "teacher_test_top1": kd.get("teacher_test_top1"),
             "kd_test_top1_last": kd["test_top1_last"], "ce_test_top1_last": ce["test_top1_last"],
-            "gain_test_top1_last": gain, "search": found}
+            "gain_test_top1_last": gain, "timings": timings, "search": found}

@@ -15,6 +15,11 @@ re-evaluated), ``board.json`` (every board path evaluated with inherited weights
 best under each ``flops_bounds`` value), ``best_arch.json`` (the best of them: an arch JSON for task=distill),
 ``board_accuracy.png``, and per-epoch checkpoints (supernet, optimizers, matching network, board, RNG) that a
 rerun of the same command resumes from.
+
+``search.time_budget_s`` (as for the sample-based loop) caps the supernet training by wall clock, earlier
+sessions included: the loop stops after the step that reaches it (at least one step runs, so the board is never
+empty without a warm-up) and the board is evaluated as usual; the summary's ``seconds`` (search wall clock, the
+board evaluation included) and ``stopped_by`` (``time`` | ``epochs``) say which limit ended it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from kdnas.data import Batch
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import accuracy_counts, lr_at
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
+from kdnas.runs import RunDir
+from kdnas.search import SearchSettings
 from kdnas.spaces.base import Arch, space_from_config
 from kdnas.spaces.costs import count_flops, count_params
 from kdnas.spaces.mbconv import MBConvSpace
@@ -91,12 +98,15 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 class CreamSearch:
-    """The search in ``ctx``'s run folder; ``space`` (default: the ``space`` group, else mbconv_cream) may be any
-    MBConv space object, e.g. a reduced one built in a script."""
+    """The search in ``run`` (default: ``ctx``'s run folder) with the supernet recipe ``trainer`` (default: the
+    ``trainer`` group; task=pipeline passes its search recipe, as the train evaluator gets); ``space`` (default:
+    the ``space`` group, else mbconv_cream) may be any MBConv space object, e.g. a reduced one built in a script."""
 
-    def __init__(self, ctx: RunContext, space: MBConvSpace | None = None) -> None:
-        self.ctx, self.cfg = ctx, cream_config(ctx.cfg.strategy)
-        self.tcfg = to_object(ctx.cfg.trainer, TrainerConfig)
+    def __init__(self, ctx: RunContext, space: MBConvSpace | None = None, *, run: RunDir | None = None,
+                 trainer: TrainerConfig | None = None) -> None:
+        self.ctx, self.cfg, self.run_dir = ctx, cream_config(ctx.cfg.strategy), run or ctx.run
+        self.tcfg = trainer or to_object(ctx.cfg.trainer, TrainerConfig)
+        self.time_budget = SearchSettings.from_config(ctx.cfg.search).time_budget_s
         if self.tcfg.amp != "off":
             raise ConfigError("strategy=cream trains in full precision; set trainer.amp=off.")
         if self.tcfg.batch_size < 2 * self.cfg.slice_size:
@@ -106,7 +116,7 @@ class CreamSearch:
         torch.manual_seed(derive_seed(ctx.cfg.seed, "init", "cream"))
         self.supernet = Supernet(space, ctx.data.num_classes, ctx.data.input_size)
         self.meta = MetaMatching(ctx.data.num_classes, self.cfg.slice_size)
-        self.trainer = ctx.trainer(self.supernet)
+        self.trainer = ctx.trainer(self.supernet, trainer_cfg=self.tcfg, run=self.run_dir)
         self.device = self.trainer.device
         self.meta.to(self.device)
         self.meta_optimizer = torch.optim.SGD(self.meta.parameters(), lr=self.cfg.meta_lr, momentum=0.9)
@@ -118,8 +128,11 @@ class CreamSearch:
         self.selection_split = self.trainer.eval_splits[0]
         self.minival = self._minival() if self.cfg.admission == "minival" else []
         self.mentor_net, self.mentor = self._mentor() if self.cfg.external_teacher else (None, None)
-        self.history_path = ctx.run.path / "history.jsonl"
-        self.log_fn = ctx.logger.for_run(ctx.run)
+        self.history_path = self.run_dir.path / "history.jsonl"
+        self.log_fn = ctx.logger.for_run(self.run_dir)
+        self.seconds_before = 0.0  # search wall clock of earlier sessions (from the checkpoint)
+        self.session_start = time.perf_counter()
+        self.stopped_by: str | None = None
 
     def _minival(self) -> list[Batch]:
         """Mini-val batches of the training batch size, scored in turn (train-mode BN, as the batch score)."""
@@ -180,7 +193,14 @@ class CreamSearch:
         with torch.no_grad():
             return top1(self.supernet(held_out.x, path), held_out.y)
 
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.session_start
+
+    def out_of_time(self) -> bool:
+        return self.time_budget is not None and self.seconds() >= self.time_budget
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of path training; ends early (``self.stopped_by = "time"``) once the time budget is spent."""
         source, opt = self.trainer.train_source, self.trainer.optimizer
         n, warm = len(source), epoch < self.warmup
         self.supernet.train()
@@ -223,8 +243,11 @@ class CreamSearch:
                     "flops": 2 * self.macs(path), "images": batch.x[:s].clone(),
                     "probs": F.softmax(logits[:s].detach(), 1), "step": step}])
                 sums["admitted"] += any(e.step == step for e in self.strategy.board.entries)
-        distilled = max(sums["distilled"], 1)
-        return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "lr": lr, "warmup": warm,
+            if self.out_of_time():
+                self.stopped_by = "time"
+                break
+        steps, distilled = i + 1, max(sums["distilled"], 1)
+        return {"loss": sums["loss"] / steps, "top1": sums["top1"] / steps, "steps": steps, "lr": lr, "warmup": warm,
                 "distilled_steps": sums["distilled"], "rho_mean": sums["rho"] / distilled,
                 "mentor_share": sums["mentor"] / distilled, "admitted": sums["admitted"],
                 "meta_updates": sums["meta_updates"], "seconds": time.perf_counter() - start}
@@ -250,7 +273,7 @@ class CreamSearch:
         if board:
             scores = [e.score for e in board]
             record.update(board_best=max(scores), board_mean=sum(scores) / len(scores), board_worst=min(scores))
-            last = epoch == self.tcfg.epochs - 1
+            last = epoch == self.tcfg.epochs - 1 or self.stopped_by is not None
             if last or (epoch + 1) % self.tcfg.eval_every == 0:
                 top = self.evaluate_path(board[0].path, [self.selection_split])
                 record.update(top_path=board[0].path.arch_id, top_path_top1=top[f"{self.selection_split}_top1"])
@@ -260,8 +283,8 @@ class CreamSearch:
     def save(self, epoch: int) -> None:
         state = {"epoch": epoch, "optimizer": self.trainer.optimizer.state_dict(), "meta": self.meta.state_dict(),
                  "meta_optimizer": self.meta_optimizer.state_dict(), "strategy": self.strategy.state_dict(),
-                 "rng": torch.get_rng_state()}
-        save_checkpoint(self.ctx.run.checkpoint_dir, f"epoch_{epoch + 1:04d}", model_state=self.supernet.state_dict(),
+                 "rng": torch.get_rng_state(), "seconds": self.seconds(), "stopped_by": self.stopped_by}
+        save_checkpoint(self.run_dir.checkpoint_dir, f"epoch_{epoch + 1:04d}", model_state=self.supernet.state_dict(),
                         state=state, meta={"epoch": epoch, "config_hash": self.ctx.config_hash})
 
     def restore(self, path: Path) -> int:
@@ -277,18 +300,23 @@ class CreamSearch:
         self.strategy.load_state_dict(state["strategy"])
         self.strategy.board.to(self.device)
         torch.set_rng_state(state["rng"])
-        self.ctx.run.truncate_metrics(state["epoch"])
+        # Checkpoints written before the time budget existed carry no clock: they count from zero.
+        self.seconds_before, self.stopped_by = state.get("seconds", 0.0), state.get("stopped_by")
+        self.session_start = time.perf_counter()
+        self.run_dir.truncate_metrics(state["epoch"])
         kept = [r for r in read_history(self.history_path) if r["epoch"] <= state["epoch"]]
         self.history_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         return state["epoch"] + 1
 
     # -- the loop and its results --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        ckpt = latest_checkpoint(self.ctx.run.checkpoint_dir) if self.ctx.resume else None
+        ckpt = latest_checkpoint(self.run_dir.checkpoint_dir) if self.ctx.resume else None
         start = self.restore(ckpt) if ckpt is not None else 0
         if start == 0:
             self.history_path.unlink(missing_ok=True)
         for epoch in range(start, self.tcfg.epochs):
+            if self.stopped_by is not None:
+                break
             record = self.epoch_record(epoch, self.train_epoch(epoch))
             with open(self.history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -297,11 +325,12 @@ class CreamSearch:
                      self.tcfg.epochs, record["loss"], record["top1"], len(record["board"]),
                      record.get("board_best", math.nan), record["admitted"])
             self.save(epoch)
+        self.stopped_by = self.stopped_by or "epochs"
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
         """Evaluate every board path (inherited weights, BN recalibrated); write board.json, best_arch.json, plot."""
-        run, sel, space = self.ctx.run, f"{self.selection_split}_top1", self.supernet.space
+        run, sel, space = self.run_dir, f"{self.selection_split}_top1", self.supernet.space
         rows = [self.board_row(rank, e, list(self.trainer.eval_splits))
                 for rank, e in enumerate(self.strategy.board.entries)]
         best = []
@@ -315,8 +344,9 @@ class CreamSearch:
             "space": {"name": space.name, "version": space.version, **space.fixed}, "entries": rows,
             "best_under_flops": best, "mentor": mentor})
         plot_history(read_history(self.history_path), run.path / "board_accuracy.png")
-        summary: dict[str, Any] = {"strategy": "cream", "board_size": len(rows),
-                                   "selection_split": self.selection_split}
+        summary: dict[str, Any] = {"strategy": "cream", "space": space.name, "board_size": len(rows),
+                                   "selection_split": self.selection_split, "time_budget_s": self.time_budget,
+                                   "stopped_by": self.stopped_by, "seconds": self.seconds()}
         if top is not None:  # the best with no FLOPs bound (the last one)
             atomic_write_json(run.path / "best_arch.json", top)
             summary.update(best_arch_id=top["arch_id"], best_arch=top["decisions"], best_reward=top["result"][sel],
