@@ -228,3 +228,13 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path: Path, monkeypatch: pytes
     load_checkpoint(latest)  # every file verified against its sha256
     assert json.loads((run_dir / "status.json").read_text())["status"] == "failed"
     assert not (run_dir / "summary.json").exists()
+
+
+def test_folder_of_another_configuration_is_refused_untouched(finished_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = {name: (run_dir / name).read_bytes() for name in ("status.json", "summary.json", "provenance.json")}
+    with pytest.raises(KdnasError, match="another configuration") as info:
+        kdnas.run("train", [*TINY, "trainer.epochs=3"], run_dir=str(run_dir))
+    assert "resume=false" in str(info.value) and "hydra.run.dir" in str(info.value)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before

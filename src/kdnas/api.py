@@ -101,18 +101,21 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
             if len(set(distributed.gather(str(path.resolve())))) > 1:
                 raise ConfigError("Under torchrun all ranks write one run folder: pass hydra.run.dir=DIR (the "
                                   "default folder name holds each rank's own start time).")
-            run = RunDir(path)
+            folder = RunDir(path)
             with open_dict(cfg):
-                cfg.run_dir = str(run.path)
+                cfg.run_dir = str(folder.path)
                 if not main:
                     cfg.logger.kind = "none"  # one wandb run per job: rank 0's
             if str(cfg.resume).lower() == "false":
                 if main:
-                    shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
-                    run.metrics_path.unlink(missing_ok=True)
-            elif (done := _finished_summary(run, config_hash(cfg))) is not None:
-                log.info("already done: %s (resume=false runs it again)", run.path)
+                    shutil.rmtree(folder.checkpoint_dir, ignore_errors=True)
+                    folder.metrics_path.unlink(missing_ok=True)
+            elif (done := _finished_summary(folder, config_hash(cfg))) is not None:
+                log.info("already done: %s (resume=false runs it again)", folder.path)
                 return done
+            else:
+                _refuse_other_config(folder, config_hash(cfg))
+            run = folder  # from here on, a failure is recorded in the folder's status.json
             if main:
                 run.write_status("running")
             task = get_task(cfg.task)
@@ -144,6 +147,20 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
                 traceback.print_exc()
             print(f"kdnas: error: {message}", file=sys.stderr)
             return None
+
+
+def _refuse_other_config(run: RunDir, config_hash: str) -> None:
+    """A folder written by another configuration is refused before anything in it is touched: resuming it
+    would mix two runs, and a failed attempt would overwrite a finished run's status."""
+    try:
+        previous = read_json(run.path / "provenance.json").get("config_hash")
+    except (OSError, ValueError):
+        return
+    if previous is not None and previous != config_hash:
+        raise ConfigError(
+            f"The run folder {run.path} holds a run of another configuration (config hash {previous}, this one "
+            f"{config_hash}; its overrides are in provenance.json). Run in a new folder (hydra.run.dir=DIR), repeat "
+            "that run's overrides to resume it, or pass resume=false to start over in this folder (overwrites it).")
 
 
 def _write_provenance(ctx: Any, world_size: int) -> None:
