@@ -5,12 +5,18 @@ the CE top-1 as reward, under one hard cost limit (``--cost`` at the table's ``-
 and is judged by the KD top-1 of its winners:
 
     python scripts/tabular_replay.py RUN/correlate.tsv --budget 100 --seeds 20 --out replay.json
+
+``--evals KD_DIR CE_DIR`` builds the table instead from the train evaluator's cache folders
+(``$KDNAS_CACHE_DIR/evals/<fingerprint>``, one ``<arch_id>.json`` per trained arch) of a KD and a CE ground truth,
+e.g. of a task=correlate run still in progress: the archs both hold, with ``--metric`` (``test_top1`` or
+``val_top1``) as the accuracy and the cached params/FLOPs as costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,9 +43,27 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def table_from_evals(kd_dir: str | Path, ce_dir: str | Path, metric: str = "test_top1") -> Table:
+    """The archs that both cache folders hold (KD and CE ground truth of one recipe), in the KD folder's order."""
+    def read(folder: str | Path) -> dict[str, dict]:
+        entries = [json.loads(p.read_text()) for p in sorted(Path(folder).expanduser().glob("*.json"))]
+        return {e["arch_id"]: e for e in entries if metric in e.get("result", {})}
+
+    kd, ce = read(kd_dir), read(ce_dir)
+    rows = [{"decisions": e["arch"]["decisions"], "kd_top1": float(e["result"][metric]),
+             "ce_top1": float(ce[a]["result"][metric]),
+             **{k: float(v) for k, v in e["result"].get("costs", {}).items()}} for a, e in kd.items() if a in ce]
+    if not rows:
+        raise SystemExit(f"{kd_dir} and {ce_dir} share no evaluated arch with {metric}.")
+    return Table(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="correlate.tsv, or a .jsonl/.csv with arch, kd_top1, ce_top1, params")
+    parser.add_argument("table", nargs="?", help="correlate.tsv, or a .jsonl/.csv with arch, kd_top1, ce_top1, params")
+    parser.add_argument("--evals", nargs=2, metavar=("KD_DIR", "CE_DIR"), default=None,
+                        help="build the table from two train-evaluator cache folders instead")
+    parser.add_argument("--metric", default="test_top1", help="with --evals: test_top1 | val_top1")
     parser.add_argument("--budget", type=int, default=100, help="evaluations per search")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8, help="archs per ask/tell step")
@@ -52,7 +76,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the full report (curves included) as JSON")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    table = Table.load(args.table)
+    if (args.table is None) == (args.evals is None):
+        parser.error("give a table file or --evals KD_DIR CE_DIR (one of them)")
+    table = Table.load(args.table) if args.evals is None else table_from_evals(*args.evals, metric=args.metric)
     limit = args.limit if args.limit is not None else float(np.quantile([r[args.cost] for r in table.rows],
                                                                         args.quantile))
     configs = [shipped_config(name) for name in args.strategies]

@@ -1,11 +1,11 @@
 """Tabular replay: run the real strategies (AKD, random search, evolution) against a table of measured archs
 instead of training candidates, for cheap many-seed comparisons (as NAS-Bench-101/201 replays do).
 
-A table row is an arch's decisions with its KD and CE top-1 (mini-val, trained with and without the
-teacher) and costs. Readers: ``correlate.tsv`` from ``task=correlate`` (decision columns between
-``arch_id`` and ``params``, accuracy columns ``kd_top1`` / ``ce_top1``), or a ``.jsonl`` / ``.csv`` with an
-``arch`` field (a flat decisions dict or an arch JSON, as JSON in CSV) beside ``kd_top1``, ``ce_top1``,
-``params`` (and optionally ``latency_ms``, ``macs``, ``flops``).
+A table row is an arch's decisions with its KD and CE top-1 (trained with and without the teacher; mini-val or
+test, as ``correlate.metric`` chose) and costs. Readers: ``correlate.tsv`` from ``task=correlate`` (decision
+columns between ``arch_id`` and ``params_count``, accuracy columns ``kd_top1`` / ``ce_top1``), or a ``.jsonl`` /
+``.csv`` with an ``arch`` field (a flat decisions dict or an arch JSON, as JSON in CSV) beside ``kd_top1``,
+``ce_top1``, ``params`` (and optionally ``latency_ms``, ``macs``, ``flops``).
 
 The strategies search :class:`TableSpace`, the factorised space of the values each decision takes in the
 table; an arch the table lacks is scored as its nearest row (fewest differing decisions, then table order),
@@ -62,8 +62,9 @@ class Table:
         if not self.rows or missing or any(sorted(r["decisions"]) != names for r in self.rows):
             raise ConfigError(f"A replay table needs rows with the same decisions and {', '.join(ACCURACIES)} "
                               f"(missing {missing or 'rows'}).")
-        self.decisions = [Decision(n, sorted({r["decisions"][n] for r in self.rows}, key=canonical_json))
-                          for n in names]
+        self.decisions = [Decision(n, sorted({canonical_json(r["decisions"][n]): r["decisions"][n]
+                                              for r in self.rows}.values(), key=canonical_json))
+                          for n in names]  # values may be lists (resnet_cifar's fixed `widths`)
         self.index = {canonical_json(r["decisions"]): i for i, r in enumerate(self.rows)}
         self.codes = np.array([[d.options.index(r["decisions"][d.name]) for d in self.decisions] for r in self.rows])
         self.costs = [k for k in COST_KEYS if all(k in r for r in self.rows)]
@@ -77,10 +78,16 @@ class Table:
         else:
             with open(path, newline="") as f:
                 records = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-        if records and "arch" not in records[0]:  # correlate.tsv: decisions between arch_id and params
+        if records and "arch" not in records[0]:  # correlate.tsv: decisions between arch_id and params_count
             cols = list(records[0])
-            names = cols[cols.index("arch_id") + 1: cols.index("params")]
+            end = next((c for c in ("params_count", "params") if c in cols), None)
+            if "arch_id" not in cols or end is None:
+                raise ConfigError(f"{path}: a correlate.tsv needs the columns arch_id, <decisions...>, params_count "
+                                  f"(or params); it has {cols}.")
+            names = cols[cols.index("arch_id") + 1: cols.index(end)]
             decisions = [{n: _value(r[n]) for n in names} for r in records]
+            for r in records:  # correlate's parameter count; its `params` proxy column, where present, is the same
+                r.setdefault("params", r.get("params_count"))
         else:
             archs = [json.loads(r["arch"]) if isinstance(r["arch"], str) else r["arch"] for r in records]
             decisions = [a.get("decisions", a) for a in archs]
