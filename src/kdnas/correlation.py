@@ -116,7 +116,8 @@ def markdown(results: Mapping[str, Mapping[str, Mapping[str, Any]]], noise: Mapp
         nz = noise.get(truth)
         out += ["", f"Seed noise of {truth}: " + (
             f"mean std {nz['mean_std']:.2f} points over {nz['archs']} archs trained with 2+ seeds; seed-to-seed "
-            f"Spearman {_fmt(nz['seed_spearman'])}." if nz else "not measured (no arch has a second seed: correlate.noise_seeds)."), ""]
+            f"Spearman {_fmt(nz['seed_spearman'])}." if nz
+            else "not measured (no arch has a second seed: correlate.noise_seeds)."), ""]
     return "\n".join(out)
 
 
