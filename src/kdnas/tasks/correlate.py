@@ -122,7 +122,7 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
         for k in range(1 + s.noise_seeds):
-            subset = archs if k == 0 else noise_subset(archs, s.noise_subset)
+            subset = archs if k == 0 or s.cached_only else noise_subset(archs, s.noise_subset)  # cached: any
             seed = ctx.cfg.seed + k
             ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
                                  runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool)
