@@ -306,3 +306,15 @@ def test_tabular_replay_runs_for_a_few_seeds(tmp_path: Path) -> None:
             assert len(curve) == 24 and max(curve) <= report["ceiling_kd_top1"]
             if name.endswith("/kd"):  # winners by KD reward only get better
                 assert curve == sorted(curve)
+
+
+def test_kdas_round_baseline_starts_at_the_backbone_reward() -> None:
+    """Not at the round's first reward: a rejected first candidate (0) made every later one look good."""
+    kdas = KDASStrategy(create_space("kdas_addon", base="resnet8"), round_budget=4, seed=0, reward_scale=0.01)
+    reference = kdas.ask(1)
+    assert reference == [kdas.identity_addon()] and kdas.learner.baseline is None
+    kdas.tell(reference, [{"reward": 50.0}])
+    assert kdas.learner.baseline == pytest.approx(0.5)
+    kdas.backbone_reward = 60.0
+    kdas.set_backbone(kdas.ask(1)[0])  # what a promotion does: a fresh controller, judged against the new backbone
+    assert kdas.learner.baseline == pytest.approx(0.6)

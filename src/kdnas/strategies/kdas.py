@@ -75,6 +75,7 @@ class KDASStrategy(PolicyStrategy):
     def on_result(self, arch: Arch, result: dict[str, Any]) -> None:
         if self.backbone_reward is None and arch.arch_id == self.reference_id:
             self.backbone_reward = reward_key(result)
+            self.start_baseline()
             return
         super().on_result(arch, result)
         self.round_told += 1
@@ -110,8 +111,15 @@ class KDASStrategy(PolicyStrategy):
         self.space = create_space("kdas_addon", base=arch.to_json())
         self.costs = CostModel(self.space, self.costs.num_classes, self.costs.input_size, self.costs.latency_table)
         self.build_policy()
+        self.start_baseline()
         self.buffer.clear()
         self.round_told, self.round_best = 0, None
+
+    def start_baseline(self) -> None:
+        """A round's REINFORCE baseline starts at its backbone's reward: the candidates are judged against what
+        they add to. (Starting at the first reward, a rejected candidate's 0, reinforced a whole round.)"""
+        if self.backbone_reward is not None:
+            self.learner.baseline = self.reward_scale * self.backbone_reward
 
     # -- state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
