@@ -22,7 +22,7 @@ from kdnas.engine.checkpoint import (
 )
 from kdnas.engine.objective import Objective, StepOutput
 from kdnas.engine.trainer import Trainer, lr_at
-from kdnas.errors import CheckpointError, NonFiniteLossError
+from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
 
 from .conftest import SMOKE
 
@@ -99,7 +99,7 @@ def test_resume_after_crash_gives_identical_result(tmp_path: Path, monkeypatch: 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     base = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=2"]
     kdnas.run("train", base, run_dir=str(tmp_path))
-    with pytest.raises(CheckpointError, match="different configuration"):
+    with pytest.raises(ConfigError, match="another configuration"):
         kdnas.run("train", [*base, "trainer.lr=0.2"], run_dir=str(tmp_path))
 
 

@@ -24,7 +24,7 @@ from kdnas.data import build_data
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.objective import Objective
 from kdnas.engine.trainer import build_optimizer, lr_at
-from kdnas.errors import CheckpointError
+from kdnas.errors import ConfigError
 
 from .conftest import SMOKE
 from .test_cli import kdnas_cli
@@ -92,7 +92,7 @@ def test_finished_run_is_returned_not_rerun(tmp_path: Path) -> None:
     assert again["wall_seconds"] == first["wall_seconds"]  # read back, not run again
     rerun = kdnas.run("train", [*TINY, "resume=false"], run_dir=str(tmp_path))
     assert rerun["wall_seconds"] != first["wall_seconds"] and rerun["test_top1_last"] == first["test_top1_last"]
-    with pytest.raises(CheckpointError, match="different configuration"):
+    with pytest.raises(ConfigError, match="another configuration"):
         kdnas.run("train", [*TINY, "trainer.lr=0.2"], run_dir=str(tmp_path))
 
 
@@ -206,9 +206,10 @@ main()
 _rng = random.Random(1234)
 KILL_POINTS = {  # seeded: where the run dies
     "before training step": ("kdnas.engine.trainer", "lr_at", _rng.randint(2, EPOCHS * STEPS)),
-    # save_file writes a checkpoint's model.safetensors, then its state.safetensors: even calls fall between
-    "between checkpoint files": ("kdnas.engine.checkpoint", "save_file", 2 * _rng.randint(2, EPOCHS)),
-    "before the latest pointer moves": ("kdnas.engine.checkpoint", "atomic_write_bytes", _rng.randint(1, EPOCHS)),
+    # write_safetensors writes a checkpoint's model.safetensors, then its state.safetensors: even calls fall between
+    "between checkpoint files": ("kdnas.engine.checkpoint", "write_safetensors", 2 * _rng.randint(2, EPOCHS)),
+    # atomic_write_bytes writes those two files, then the latest pointer: every third call is the pointer's
+    "before the latest pointer moves": ("kdnas.engine.checkpoint", "atomic_write_bytes", 3 * _rng.randint(1, EPOCHS)),
 }
 
 
