@@ -158,14 +158,15 @@ SEARCH = [*SMOKE, *GROUPS, "search.budget=8", "search.batch=4", "strategy.popula
 
 
 def test_task_search_end_to_end_and_cached(tmp_path: Path) -> None:
-    summary = kdnas.run("search", SEARCH, run_dir=tmp_path / "a")
+    own_cache = [*SEARCH, f"paths.cache_dir={tmp_path / 'cache'}"]  # other tests' searches share the session cache
+    summary = kdnas.run("search", own_cache, run_dir=tmp_path / "a")
     assert summary["evaluated"] == 8 and summary["cache_misses"] == 8
     records = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").open()]
     assert len(records) == 8 and {"arch_id", "arch", "reward", "scores", "costs"} <= set(records[0])
     assert {"diswot_semantic", "diswot_relational"} <= set(records[0]["scores"])
     arch = load_arch(tmp_path / "a" / "best_arch.json")
     assert arch.arch_id == summary["best_arch_id"] and arch.arch_id in {r["arch_id"] for r in records}
-    again = kdnas.run("search", SEARCH, run_dir=tmp_path / "b")
+    again = kdnas.run("search", own_cache, run_dir=tmp_path / "b")
     assert again["cache_hits"] == 8 and again["best_arch_id"] == summary["best_arch_id"]
 
 
