@@ -4,15 +4,28 @@ trains nothing; oracle distillation's per-epoch disagreement reaches the search 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import kdnas
+import kdnas.tasks.distill
+from kdnas.api import compose
+from kdnas.config import DataConfig
+from kdnas.context import RunContext
+from kdnas.data import build_data
+from kdnas.distill.cache import TeacherLogitCache, tensor_sha256
+from kdnas.distill.teachers import weights_sha256
 from kdnas.errors import ConfigError
-from kdnas.evaluators import evaluation_pool, per_epoch
+from kdnas.evaluators import evaluation_pool, per_epoch, train_evaluator
+from kdnas.models import create_model
+from kdnas.runs import RunDir
+from kdnas.spaces import space_from_config
 
 from .conftest import SMOKE
 
@@ -64,3 +77,84 @@ def test_oracle_disagreement_reaches_the_search_history(tmp_path: Path) -> None:
     kdnas.run("search", [*TRAIN_SEARCH, *oracle], run_dir=tmp_path)
     (record,) = history(tmp_path)
     assert len(record["oracle_disagreement"]) == 1 and 0.0 <= record["oracle_disagreement"][0] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candidate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two KD candidates, two epochs: one teacher-logit file per epoch (not one per candidate and epoch), built
+    before the first candidate trains; the search's one aug seed is in the summary."""
+    events: list[str] = []
+    compute, distill_student = TeacherLogitCache.compute, kdnas.tasks.distill.distill_student
+
+    def logged_compute(self: TeacherLogitCache, net: torch.nn.Module, epoch: int) -> torch.Tensor:
+        events.append(f"build epoch {epoch}")
+        return compute(self, net, epoch)
+
+    def logged_distill(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        events.append("train")
+        return distill_student(*args, **kwargs)
+
+    monkeypatch.setattr(TeacherLogitCache, "compute", logged_compute)
+    monkeypatch.setattr(kdnas.tasks.distill, "distill_student", logged_distill)
+    kd = [*TRAIN_SEARCH, "search.objective=kd", "teacher.model=resnet8", "search.budget=2", "search.batch=2",
+          "search.executor=local", "+search.trainer.epochs=2", "seed=3", f"paths.cache_dir={tmp_path / 'cache'}",
+          f"paths.data_dir={os.environ['KDNAS_CACHE_DIR']}/data"]
+    summary = kdnas.run("search", kd, run_dir=tmp_path / "run")
+    assert summary["cache_misses"] == 2 and summary["aug_seed"] == 3
+    assert events == ["build epoch 0", "build epoch 1", "train", "train"]
+    assert len(list((tmp_path / "cache" / "teacher_logits").glob("*.safetensors"))) == 2
+
+
+def _train_evaluator(tmp_path: Path, overrides: list[str]) -> Any:
+    cfg = compose("search", [*SMOKE, "search.evaluator=train", *overrides])
+    ctx = RunContext(cfg, RunDir(tmp_path / "run"))
+    return train_evaluator(ctx, space_from_config(cfg.space), objective="ce", trainer={}, seed=cfg.seed,
+                           runs=ctx.run.sub("candidates"))
+
+
+@pytest.mark.slow
+def test_the_searchs_aug_seed_is_part_of_the_evaluation_cache_identity(tmp_path: Path) -> None:
+    default, other, same = (_train_evaluator(tmp_path, o) for o in ([], ["data.aug_seed=7"], ["data.aug_seed=7"]))
+    assert default.aug_seed == 0 and other.aug_seed == 7  # data.aug_seed, else the search seed
+    assert default.identity["aug_seed"] == 0 and other.fingerprint != default.fingerprint
+    assert same.fingerprint == other.fingerprint
+
+
+def _race_for_epoch(cache_dir: str, data_dir: str, start: Any, out: Any) -> None:
+    """One of two worker processes: both ask the cache for the same missing epoch at the same moment; a build
+    is slowed so that the other worker arrives while it runs. Reports how many builds it ran and the logits."""
+    torch.set_num_threads(1)
+    data = build_data(DataConfig(max_train_per_class=20), data_dir, Path(data_dir).parent)  # decoded once
+    torch.manual_seed(0)
+    net = create_model("resnet8", num_classes=data.num_classes)
+    cache = TeacherLogitCache(cache_dir, data, "train", seed=0)
+    builds = []
+    compute = cache.compute
+
+    def slow_compute(*args: Any) -> torch.Tensor:
+        builds.append(1)
+        time.sleep(1.0)
+        return compute(*args)
+
+    cache.compute = slow_compute  # type: ignore[method-assign]
+    start.wait()
+    logits = cache.get(net, weights_sha256(net), 0)
+    out.put((len(builds), tensor_sha256(logits)))
+
+
+@pytest.mark.slow
+def test_two_workers_racing_for_an_epoch_build_it_once_and_read_the_same_logits(tmp_path: Path) -> None:
+    mp = multiprocessing.get_context("spawn")
+    start, out = mp.Barrier(2), mp.Queue()
+    data_dir = f"{os.environ['KDNAS_CACHE_DIR']}/data"
+    workers = [mp.Process(target=_race_for_epoch, args=(str(tmp_path), data_dir, start, out)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=30)
+        assert w.exitcode == 0
+    assert sorted(n for n, _ in results) == [0, 1]  # one worker built the epoch, the other read it
+    assert results[0][1] == results[1][1]
+    assert len(list((tmp_path / "teacher_logits").glob("*.safetensors"))) == 1

@@ -38,9 +38,9 @@ from torch import nn
 from kdnas.config import ModelConfig, TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, build_model, to_object
 from kdnas.data import Batch, DataModule
-from kdnas.distill.cache import tensor_sha256
+from kdnas.distill.cache import TeacherLogitCache, prebuild, tensor_sha256
 from kdnas.distill.teachers import build_teacher
-from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
@@ -421,23 +421,46 @@ class TrainEvaluator(CachedEvaluator):
             raise ConfigError("Candidate training is scored on mini-val: set data.val_fraction > 0 (e.g. 0.1).")
         self.ctx, self.space, self.distill, self.trainer = ctx, space, distill, trainer
         self.seed, self.runs = seed, runs
+        data = ctx.cfg.data
+        # One augmentation seed per search (the loader's rule: data.aug_seed, else the run seed): every candidate
+        # trains on the same views in the same order, so the teacher's logits of an epoch are computed once.
+        self.aug_seed = data.aug_seed if data.aug_seed is not None else seed
         self.teacher = build_teacher(ctx) if set(active_weights(distill)) - {"ce"} else None
         self.costs = costs or CostModel(space, ctx.data.num_classes, ctx.data.input_size)
-        data = ctx.cfg.data
+        self.prebuilt = False
         super().__init__(ctx.cache_dir, {
             "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
             "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.fingerprint,
             "split": {"val_fraction": data.val_fraction, "split_seed": data.split_seed, "augment": data.augment,
-                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed}, pool)
+                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed,
+            "aug_seed": self.aug_seed}, pool)
+
+    def compute(self, archs: list[Arch]) -> Iterator[dict[str, Any]]:
+        if archs:
+            self.prebuild()
+        return super().compute(archs)
+
+    def prebuild(self) -> None:
+        """``teacher.cache=auto``: the teacher's logits for every epoch of the recipe, built in this process before
+        the first candidate trains (once per evaluator), so candidates, worker processes and jobs all start warm."""
+        if self.prebuilt or self.teacher is None or self.teacher.cache != "auto":
+            return
+        self.prebuilt = True
+        if reads_teacher_features(self.distill):
+            return  # feature terms run the teacher online (DistillObjective)
+        cache = TeacherLogitCache(self.ctx.cache_dir, self.ctx.data, self.trainer.train_split, self.seed, "auto")
+        self.teacher.to(resolve_device(self.trainer.device), memory_format=torch.channels_last)
+        prebuild(cache, list(self.teacher.members), self.teacher.hashes, self.trainer.epochs,
+                 progress=bool(self.ctx.cfg.progress))
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         from kdnas.tasks.distill import distill_student
 
-        seed = derive_seed(self.seed, "candidate", arch.arch_id)
-        model = build_candidate(self.space, arch, self.ctx.data.num_classes, self.ctx.data.input_size, seed)
+        # Init from (seed, arch_id), as task=distill student.arch builds it; data order and views from the search seed.
+        model = build_candidate(self.space, arch, self.ctx.data.num_classes, self.ctx.data.input_size, self.seed)
         run = self.runs.sub(arch.arch_id)
         start = time.perf_counter()
-        summary = distill_student(self.ctx, model, self.teacher, self.distill, run, seed,
+        summary = distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
                                   student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
         disagreement = per_epoch(run.read_metrics(), "loss_oracle_disagreement")

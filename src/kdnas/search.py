@@ -174,4 +174,5 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
                              config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k,
                              time_budget_s=settings.time_budget_s)
     return {**summary, "space": space.name, "evaluator": settings.evaluator, "evaluator_fingerprint":
-            evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses}
+            evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses,
+            "aug_seed": getattr(evaluator, "aug_seed", None)}  # train evaluator: one per search

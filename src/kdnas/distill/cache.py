@@ -25,10 +25,11 @@ from torch import Tensor, nn
 from kdnas.data import DataModule
 from kdnas.engine.checkpoint import write_safetensors
 from kdnas.errors import ConfigError
+from kdnas.progress import Progress
 from kdnas.utils import canonical_json, stable_hash
 
 log = logging.getLogger("kdnas")
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the whole data identity (kdnas.data.DataModule.identity) in the key
 BUILD_BATCH = 500  # eval-mode batches: as big as memory comfortably allows
 
 
@@ -62,9 +63,8 @@ class TeacherLogitCache:
 
     def key(self, teacher_hash: str, epoch: int) -> dict:
         """Everything the cached logits depend on (the epoch only when views change with it)."""
-        return {"format": CACHE_FORMAT, "teacher": teacher_hash, "data": self.data.fingerprint,
-                "split": self.split, "indices": tensor_sha256(self.indices), "size": self.data.input_size,
-                "mean": list(self.data.mean), "std": list(self.data.std), "augment": self.augment,
+        return {"format": CACHE_FORMAT, "teacher": teacher_hash, "data": self.data.identity,
+                "split": self.split, "indices": tensor_sha256(self.indices),
                 "aug_seed": self.aug_seed if self.augment else None, "epoch": epoch if self.augment else None}
 
     def path(self, key: dict) -> Path:
@@ -139,8 +139,15 @@ class TeacherLogitCache:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prebuild(cache: TeacherLogitCache, nets: list[nn.Module], hashes: list[str], epochs: int) -> None:
-    """Fill the cache for every epoch of a recipe (e.g. before a sweep, so every job starts warm)."""
-    for epoch in range(epochs):
-        for net, teacher_hash in zip(nets, hashes):
+def prebuild(cache: TeacherLogitCache, nets: list[nn.Module], hashes: list[str], epochs: int, *,
+             progress: bool = False) -> None:
+    """Fill the cache for every epoch of a recipe (before a search's first candidate or a sweep, so every
+    candidate and job starts warm); ``progress``: a bar on a terminal, status lines in a log. Epochs already
+    cached are only verified."""
+    jobs = [(epoch, net, h) for epoch in range(epochs if cache.augment else 1) for net, h in zip(nets, hashes)]
+    log.info("teacher-logit cache: %d epoch(s) x %d teacher(s) for this search (aug_seed %s)", epochs, len(nets),
+             cache.aug_seed)
+    with Progress("teacher logits", len(jobs), unit="epoch", bar=progress, lines=progress) as bar:
+        for epoch, net, teacher_hash in jobs:
             cache.get(net, teacher_hash, epoch)
+            bar.update()

@@ -117,8 +117,11 @@ def noise_subset(archs: list[Arch], k: int) -> list[Arch]:
 
 
 def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs: list[Arch], costs: CostModel,
-                pool: Pool | None = None) -> Truth:
+                pool: Pool | None = None) -> tuple[Truth, dict[str, int]]:
+    """(ground truth, the augmentation seed of each seed's runs). Every arch of one seed trains on the same views
+    (one aug seed per evaluator, KD and CE alike), so the teacher's logits of an epoch are computed once per seed."""
     truth: Truth = {}
+    aug_seeds: dict[str, int] = {}
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
         for k in range(1 + s.noise_seeds):
@@ -126,12 +129,13 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
             seed = ctx.cfg.seed + k
             ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
                                  runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool)
+            aug_seeds[f"seed{seed}"] = ev.aug_seed
             results = [ev.lookup(a) for a in subset] if s.cached_only else ev.evaluate(subset)
             for arch, result in zip(subset, results):
                 if result is not None and (k == 0 or arch.arch_id in per_arch):  # a seed's value after seed 0's
                     per_arch[arch.arch_id].append(result[s.metric])
         truth[f"{objective}{SUFFIX}"] = dict(per_arch)
-    return truth
+    return truth, aug_seeds
 
 
 def proxy_columns(results: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -190,6 +194,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     apply_runtime(to_object(cfg.trainer, TrainerConfig))
     s = CorrelateSettings.from_config(cfg.correlate)
     space = space_from_config(cfg.space)
+    aug_seeds: dict[str, int] = {}
     if s.ground_truth:
         archs, truth = read_ground_truth(s.ground_truth, space)
     else:
@@ -197,7 +202,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
         search = cfg.search
         with evaluation_pool(search.executor, search.workers, ctx.run.path / "submitit", search.slurm) as pool:
-            truth = train_truth(ctx, space, s, archs, costs, pool)
+            truth, aug_seeds = train_truth(ctx, space, s, archs, costs, pool)
         if s.cached_only:
             archs = [a for a in archs if all(a.arch_id in t for t in truth.values())]
             if len(archs) < 3:
@@ -214,5 +219,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
     write_rows(ctx.run.path, space, archs, columns, params, truth)
     print(text)
     best = {name: max(r, key=lambda p: np.nan_to_num(r[p]["spearman"], nan=-2)) for name, r in results.items()}
-    return {"archs": len(archs), "best_proxy": best, "spearman": {name: {p: r[p]["spearman"] for p in r}
-                                                                  for name, r in results.items()}}
+    return {"archs": len(archs), "aug_seeds": aug_seeds, "best_proxy": best,
+            "spearman": {name: {p: r[p]["spearman"] for p in r} for name, r in results.items()}}
