@@ -430,9 +430,8 @@ class TrainEvaluator(CachedEvaluator):
         self.prebuilt = False
         super().__init__(ctx.cache_dir, {
             "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
-            "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.fingerprint,
-            "split": {"val_fraction": data.val_fraction, "split_seed": data.split_seed, "augment": data.augment,
-                      "aug_seed": data.aug_seed, "train_split": trainer.train_split}, "seed": seed,
+            "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.identity,
+            "train_split": trainer.train_split, "seed": seed,
             "aug_seed": self.aug_seed}, pool)
 
     def compute(self, archs: list[Arch]) -> Iterator[dict[str, Any]]:

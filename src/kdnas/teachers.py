@@ -28,7 +28,7 @@ from kdnas.errors import CheckpointError, ConfigError
 from kdnas.utils import read_json, stable_hash
 
 log = logging.getLogger("kdnas")
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: keyed by the whole data identity; cards carry the weights' sha256
 # Trainer keys that do not change the trained weights' recipe.
 _RUNTIME_KEYS = ("device", "num_threads", "compile", "log_every", "checkpoint_every", "eval_every",
                  "eval_batch_size")
@@ -42,11 +42,12 @@ class TeacherStore:
     def __init__(self, cache_dir: str | Path):
         self.root = Path(cache_dir) / "teachers"
 
-    def key(self, *, model: str, num_classes: int, data_fingerprint: str, split: dict[str, Any],
-            recipe: dict[str, Any], seed: int) -> str:
+    def key(self, *, model: str, data: dict[str, Any], train_split: str, recipe: dict[str, Any], seed: int) -> str:
+        """``data`` is :attr:`kdnas.data.DataModule.identity` (what the data is: fingerprint, caps, split, image size,
+        normalisation, augmentation); the rest is what the teacher trains on and how."""
         return f"{model.replace(':', '_').replace('/', '_')}-" + stable_hash(
-            {"model": model, "num_classes": num_classes, "data": data_fingerprint, "split": split,
-             "recipe": recipe, "seed": seed, "format": STORE_FORMAT})
+            {"model": model, "data": data, "train_split": train_split, "recipe": recipe, "seed": seed,
+             "format": STORE_FORMAT})
 
     def lookup(self, key: str) -> Path | None:
         path = self.root / key
@@ -124,9 +125,7 @@ def resolve_checkpoint(path: str | Path, default_model: str) -> tuple[str, Path]
 def teacher_key(ctx: Any, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
     trainer = TrainerConfig(**OmegaConf.to_container(tcfg.trainer, resolve=True))
     store = TeacherStore(ctx.cache_dir)
-    key = store.key(model=tcfg.model, num_classes=ctx.data.num_classes, data_fingerprint=ctx.data.fingerprint,
-                    split={"val_fraction": ctx.cfg.data.val_fraction, "split_seed": ctx.cfg.data.split_seed,
-                           "train_split": trainer.train_split, "augment": ctx.cfg.data.augment},
+    key = store.key(model=tcfg.model, data=ctx.data.identity, train_split=trainer.train_split,
                     recipe=recipe_of(trainer), seed=tcfg.seed)
     return store, key, trainer
 
@@ -157,7 +156,8 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
         trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key)
         summary = trainer.fit(resume=ctx.resume)
         meta = {"model": tcfg.model, "num_classes": ctx.data.num_classes, "data_fingerprint": ctx.data.fingerprint,
-                "data": ctx.cfg.data.name, "seed": tcfg.seed, "recipe": recipe_of(trainer_cfg),
+                "data": ctx.cfg.data.name, "data_identity": ctx.data.identity, "seed": tcfg.seed,
+                "recipe": recipe_of(trainer_cfg),
                 "test_top1": summary.get("test_top1_last"), "summary": summary, "trained_in": str(run.path)}
         if main:
             run.write_summary(summary)

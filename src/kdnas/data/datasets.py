@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 MINI_ASSET = "cifar10_mini.tar.gz"
 CACHE_VERSION = 1  # bump when decoding changes, so old cache files are not read
+# Bump when what a run sees of the data changes (splitting, augmentation, normalisation code): every store and
+# cache key holds DataModule.identity, so old entries are then not reused.
+DATA_FORMAT = 1
 CROP_PAD = 4
 # train/<class>/<file> or test/<class>/<file>, optionally under one top-level folder of the archive.
 TAR_MEMBER = re.compile(r"^(?:\./)?(?:[^/]+/)?(train|test)/([^/]+)/([^/]+)$")
@@ -102,6 +105,7 @@ class DataModule:
     """Classes, labels and the deterministic splits of one data set; subclasses turn plans into batches."""
 
     replayable = False
+    pipeline = "base"  # how batches are made (the augmentation code): part of identity
 
     def __init__(self, cfg: DataConfig, name: str, classes: list[str], labels: dict[str, torch.Tensor],
                  fingerprint: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
@@ -112,6 +116,18 @@ class DataModule:
         self.mean, self.std = mean, std
         self.labels = labels  # {"train": int64 [N], "test": int64 [M]}, CPU
         self._splits = make_splits(cfg, labels, len(classes))
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What the data is: everything that changes the images, labels, splits or views a run sees. Every
+        store and cache key (teacher store, teacher-logit cache, evaluation caches) holds this one dict, so that
+        no key forgets a component (a teacher trained on a 30-per-class subset was once reused on full data)."""
+        c = self.cfg
+        return {"format": DATA_FORMAT, "pipeline": self.pipeline, "name": self.name, "fingerprint": self.fingerprint,
+                "num_classes": self.num_classes, "image_size": self.input_size, "mean": list(self.mean),
+                "std": list(self.std), "max_train_per_class": c.max_train_per_class,
+                "max_test_per_class": c.max_test_per_class, "val_fraction": c.val_fraction,
+                "split_seed": c.split_seed, "augment": c.augment, "aug_seed": c.aug_seed}
 
     def split_indices(self, split: str) -> torch.Tensor:
         """Sorted indices into the training set (train/val/train_full) or the test set (test).
@@ -224,6 +240,7 @@ class TensorDataModule(DataModule):
     """A data set held as one uint8 tensor per split [N,3,H,W]; replayable augmentation."""
 
     replayable = True
+    pipeline = "tensor-crop4-flip"
 
     def __init__(self, cfg: DataConfig, name: str, classes: list[str], tensors: dict[str, torch.Tensor],
                  fingerprint: str, mean: tuple[float, ...], std: tuple[float, ...]) -> None:

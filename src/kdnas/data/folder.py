@@ -15,6 +15,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -84,6 +85,8 @@ class FolderBatches:
 class FolderDataModule(DataModule):
     """An image folder read lazily (torchvision's ImageFolder listing and loader)."""
 
+    pipeline = "folder-randomresizedcrop-flip"
+
     def __init__(self, cfg: DataConfig, root: Path, fingerprint: str | None, where: str) -> None:
         from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -99,6 +102,11 @@ class FolderDataModule(DataModule):
             fingerprint = digest_listing(root, [Path(p) for s in self.samples.values() for p, _ in s])
         super().__init__(cfg, "imagefolder", classes, labels, fingerprint, *default_stats(cfg))
         self.where = where
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The worker count seeds the views (see the module docstring), so it is part of what the data is."""
+        return {**super().identity, "num_workers": self.cfg.num_workers}
 
     def _source(self, which: str, plan: EpochPlan, aug_seed: int | None, device: torch.device,
                 channels_last: bool) -> BatchSource:
