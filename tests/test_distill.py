@@ -13,14 +13,16 @@ from hydra.errors import ConfigCompositionException
 import kdnas
 from kdnas.api import compose
 from kdnas.config import DataConfig
+from kdnas.context import RunContext
 from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, prebuild
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher, weights_sha256
+from kdnas.distill.teachers import Teacher, build_teacher, weights_sha256
 from kdnas.distill.terms import DistillConfig, LossWeights, active_weights, distill_config, dkd_beta
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
+from kdnas.runs import RunDir
 
 from .conftest import SMOKE
 
@@ -206,14 +208,31 @@ def test_required_cache_fails_clearly_when_cold(data, tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- ensemble and task
 
 
+def member_logits(overrides: list[str], split: str, tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each stored member's logits [M, N, K] on the un-augmented ``split`` and its labels [N], by hand."""
+    ctx = RunContext(compose("distill", overrides), RunDir(tmp_path / "probe"))
+    teacher = build_teacher(ctx)
+    batches = list(ctx.data.loader(split, 10_000, train=False, seed=0).epoch(0))
+    x, y = torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])
+    with torch.no_grad():
+        return torch.stack([m.eval()(x) for m in teacher.members]), y
+
+
 def test_ensemble_mean_and_oracle(tmp_path: Path) -> None:
     members = "teacher.members=[{model:resnet8,seed:0},{model:resnet8,seed:1}]"
     base = [*OVERFIT, "teacher=ensemble", members, "trainer.epochs=2", "teacher.trainer.epochs=1"]
     mean = kdnas.run("distill", [*base, "distill=kd"], run_dir=str(tmp_path / "mean"))
-    assert mean["teacher"] == ["resnet8", "resnet8"] and mean["teacher_test_top1"] is not None
+    assert mean["teacher"] == ["resnet8", "resnet8"]
+    logits, y = member_logits(base, "test", tmp_path)
+    assert not torch.equal(logits[0].argmax(1), logits[1].argmax(1))  # two different members
+    hand = 100.0 * (logits.mean(0).argmax(1) == y).float().mean().item()  # the mean-logit ensemble's top-1
+    assert mean["teacher_test_top1"] == pytest.approx(hand)
     kdnas.run("distill", [*base, "distill=oracle", "teacher.combine=oracle"], run_dir=str(tmp_path / "oracle"))
     train = [r for r in map(json.loads, (tmp_path / "oracle" / "metrics.jsonl").open()) if r["split"] == "train"]
-    assert all(0.0 <= r["loss_oracle_disagreement"] <= 1.0 for r in train) and "loss_oracle" in train[0]
+    logits, y = member_logits(base, "train", tmp_path)
+    some_wrong = (logits.argmax(2) != y).any(0).float().mean().item()  # no augmentation: the same views each epoch
+    assert [r["loss_oracle_disagreement"] for r in train] == pytest.approx([some_wrong] * 2)
+    assert all("loss_oracle" in r for r in train)
     with pytest.raises(ConfigError, match="distill=oracle"):
         kdnas.run("distill", [*base, "distill=kd", "teacher.combine=oracle"], run_dir=str(tmp_path / "bad"))
 
@@ -244,3 +263,20 @@ def test_task_distill_student_from_a_searched_arch(tmp_path: Path) -> None:
     assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
     assert json.loads((tmp_path / "run" / "arch.json").read_text())["arch_id"] == arch.arch_id
     assert json.loads((tmp_path / "run" / "model.json").read_text())["model"] == f"arch:{arch.arch_id}"
+
+
+def test_paired_comparison_of_kd_and_ce_hits() -> None:
+    from kdnas.tasks.distill import comparison_line, paired_comparison
+
+    kd = torch.tensor([1, 1, 1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)  # 7/10
+    ce = torch.tensor([1, 1, 0, 1, 0, 1, 0, 1, 0, 0], dtype=torch.bool)  # 5/10; KD alone right on 3, CE alone on 1
+    cmp = paired_comparison(kd, ce)
+    d = torch.tensor([0, 0, 1, 0, 0, -1, 1, 0, 0, 1], dtype=torch.float64)
+    assert cmp["a_top1"] == pytest.approx(70.0) and cmp["b_top1"] == pytest.approx(50.0)
+    assert cmp["diff"] == pytest.approx(20.0) and cmp["se"] == pytest.approx(100 * d.std().item() / 10 ** 0.5)
+    assert (cmp["a_only"], cmp["b_only"], cmp["n"]) == (3, 1, 10)
+    assert "inside the noise" in comparison_line(cmp, "KD")  # z = 20 / 20 = 1
+    big = paired_comparison(kd.repeat(50), ce.repeat(50))  # the same rates on 500 images: z = 7
+    assert big["diff"] == pytest.approx(20.0) and "KD is better beyond the noise" in comparison_line(big, "KD")
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_comparison(kd, ce[:5])

@@ -96,6 +96,7 @@ class CachedEvaluator:
         self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT})
         self.root = Path(cache_dir).expanduser() / "evals" / self.fingerprint
         self.hits = self.misses = 0
+        self.positions: dict[str, str] = {}  # arch_id -> "k/N" in the search, for log lines (set by the loop)
 
     def lookup(self, arch: Arch) -> dict[str, Any] | None:
         try:
@@ -460,7 +461,8 @@ class TrainEvaluator(CachedEvaluator):
         run = self.runs.sub(arch.arch_id)
         start = time.perf_counter()
         summary = distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
-                                  student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer)
+                                  student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer,
+                                  label=f"candidate {arch.arch_id[:8]} {self.positions.get(arch.arch_id, '')}".strip())
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
         disagreement = per_epoch(run.read_metrics(), "loss_oracle_disagreement")
         return {"reward": summary["val_top1_last"], "val_top1": summary["val_top1_last"],

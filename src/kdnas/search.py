@@ -39,6 +39,7 @@ from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.evaluators import Evaluator, evaluation_pool, proxy_evaluator, train_evaluator
+from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config
 from kdnas.spaces.constraints import constraint_from_config
@@ -116,6 +117,8 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
     def elapsed() -> float:
         return seconds + time.perf_counter() - start
 
+    # a bar on a terminal; its ETA in the step lines
+    progress = Progress(f"search {strategy.name}", budget, unit="candidate", done=evaluated, lines=False, leave=True)
     while evaluated < budget:
         if time_budget_s is not None and elapsed() >= time_budget_s:
             stopped_by = "time"
@@ -126,6 +129,8 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
             stopped_by = "space"
             log.info("search: the space has no unseen valid arch left after %d evaluations", evaluated)
             break
+        if isinstance(getattr(evaluator, "positions", None), dict):
+            evaluator.positions = {a.arch_id: f"{evaluated + i + 1}/{budget}" for i, a in enumerate(archs)}
         results = evaluator.evaluate(archs)
         strategy.tell(archs, results)
         step += 1
@@ -139,8 +144,11 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
                                "seconds": elapsed()},
                         meta={"config_hash": config_hash, "evaluated": evaluated})
         best = strategy.best()
-        log.info("search step %d: %d/%d evaluated, best reward %.6g (%s)", step, evaluated, budget,
-                 best[1]["reward"], best[0].arch_id)
+        progress.update(len(archs), extra=f"best {best[1]['reward']:.4g}")
+        log.info("search %s step %d: %d/%d evaluated, best reward %.6g (%s), %s elapsed, ETA %s", strategy.name, step,
+                 evaluated, budget, best[1]["reward"], best[0].arch_id, duration(progress.elapsed()),
+                 duration(progress.eta()))
+    progress.close()
     top = ranked(strategy, top_k)
     if not top:
         raise ConfigError("The search evaluated no architecture: raise search.budget or search.time_budget_s, or check "
@@ -148,6 +156,10 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
     best = {k: v for k, v in top[0].items() if k not in ("arch", "rank")}
     atomic_write_json(run.path / "best_arch.json", {**top[0]["arch"], "result": best})
     atomic_write_json(run.path / "topk.json", {"schema_version": SCHEMA_VERSION, "top": top})
+    log.info("search %s done: best arch %s, reward %.6g (%s), %d evaluated in %s -> %s", strategy.name,
+             top[0]["arch"]["arch_id"], best["reward"],
+             ", ".join(f"{k}={v}" for k, v in top[0]["arch"]["decisions"].items()), evaluated, duration(elapsed()),
+             run.path / "best_arch.json")
     return {"best_arch_id": top[0]["arch"]["arch_id"], "best_arch": top[0]["arch"]["decisions"],
             "best_reward": best["reward"], "evaluated": evaluated, "steps": step, "strategy": strategy.name,
             "seconds": elapsed(), "stopped_by": stopped_by, "time_budget_s": time_budget_s,

@@ -153,7 +153,8 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
         log.info("training teacher %s (store key %s)", tcfg.model, key)
         run = run or ctx.run.sub(f"teacher-{key}")
         net = build_model(ModelConfig(name=tcfg.model), ctx.data.num_classes, tcfg.seed)
-        trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key)
+        trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key,
+                              label=f"teacher {tcfg.model}")
         summary = trainer.fit(resume=ctx.resume)
         meta = {"model": tcfg.model, "num_classes": ctx.data.num_classes, "data_fingerprint": ctx.data.fingerprint,
                 "data": ctx.cfg.data.name, "data_identity": ctx.data.identity, "seed": tcfg.seed,

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from kdnas.config import TrainerConfig
 from kdnas.data import DataModule
@@ -30,6 +29,7 @@ from kdnas.engine import distributed
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
 from kdnas.engine.objective import Objective
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
+from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
 from kdnas.utils import atomic_write_json, resolve_device
 
@@ -98,8 +98,9 @@ class Trainer:
     def __init__(self, cfg: TrainerConfig, model: nn.Module, data: DataModule, run: RunDir, *, seed: int,
                  config_hash: str, objective: Objective | None = None, progress: bool = True,
                  log_fn: Callable[[dict[str, Any]], None] | None = None,
-                 eval_splits: Sequence[str] | None = None):
+                 eval_splits: Sequence[str] | None = None, label: str = "training"):
         apply_runtime(cfg)
+        self.label = label  # what is trained, in every epoch and status line ("teacher resnet20", "CE baseline ...")
         self.cfg, self.data, self.run, self.seed, self.config_hash = cfg, data, run, seed, config_hash
         self.device = resolve_device(cfg.device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
@@ -138,9 +139,9 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         count = 0
         start = time.perf_counter()
-        batches = tqdm(self.train_source.epoch(epoch), total=n, disable=not self.progress, leave=False,
-                       desc=f"epoch {epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True)
-        for i, batch in enumerate(batches):
+        steps = Progress(f"{self.label} epoch {epoch + 1}/{self.cfg.epochs}", n, bar=self.progress,
+                         lines=self.world.is_main)
+        for i, batch in enumerate(self.train_source.epoch(epoch)):
             lr = lr_at(self.cfg, epoch * n + i, n)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -161,6 +162,8 @@ class Trainer:
                 terms[k] = terms.get(k, 0) + v.detach().float() * bs
             if (i + 1) % self.cfg.log_every == 0 or i == n - 1:
                 self._check_finite(loss_sum, epoch, i)
+            steps.update()
+        steps.close()
         elapsed = time.perf_counter() - start
         sums = {"loss": loss_sum, "correct": correct, "count": torch.tensor(count, device=self.device),
                 **{f"loss_{k}": v for k, v in terms.items()}}
@@ -248,16 +251,19 @@ class Trainer:
         if self.world.is_main:  # records of epochs after the checkpoint (all, without one) are logged again
             self.run.truncate_metrics(start - 1)
         wall = time.perf_counter()
+        # its ETA, in each epoch line
+        epochs = Progress(self.label, self.cfg.epochs, unit="epoch", done=start, bar=False, lines=False)
         for epoch in range(start, self.cfg.epochs):
             train_stats = self.train_epoch(epoch)
             self.log_fn({"epoch": epoch, "split": "train", **train_stats})
             last_epoch = epoch == self.cfg.epochs - 1
             if self.world.is_main and (last_epoch or (epoch + 1) % self.cfg.eval_every == 0):
                 self._evaluate_all(epoch)
-            log.info("epoch %d/%d  loss %.4f  train %.2f%%  %s  (%.0f img/s)", epoch + 1, self.cfg.epochs,
-                     train_stats["loss"], train_stats["top1"],
+            epochs.update()
+            log.info("%s: epoch %d/%d  loss %.4f  train %.2f%%  %s  (%.0f img/s, ETA %s)", self.label, epoch + 1,
+                     self.cfg.epochs, train_stats["loss"], train_stats["top1"],
                      "  ".join(f"{s} {self.last.get(f'{s}_top1', float('nan')):.2f}%" for s in self.eval_splits),
-                     train_stats["img_per_s"])
+                     train_stats["img_per_s"], duration(epochs.eta()))
             if last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0:
                 self.save(epoch)
         if self.world.is_main:

@@ -9,6 +9,8 @@ student (same init, data order and recipe) trained with cross-entropy alone, and
 from __future__ import annotations
 
 import importlib
+import logging
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -23,10 +25,11 @@ from kdnas.context import RunContext, build_model, to_object
 from kdnas.distill.objective import DistillObjective
 from kdnas.distill.teachers import Teacher, build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config
-from kdnas.engine.trainer import write_model_card
+from kdnas.engine.trainer import autocast_context, write_model_card
 from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
 
+log = logging.getLogger("kdnas")
 TOP1 = ("test_top1_best", "test_top1_last")
 
 
@@ -56,13 +59,14 @@ def _write_card(ctx: RunContext, run: RunDir, name: str, **extra: Any) -> None:
 
 def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher | None,
                     distill_cfg: DistillConfig | Any, run: RunDir, seed: int, *, student_name: str | None = None,
-                    trainer_cfg: TrainerConfig | Any | None = None) -> dict[str, Any]:
+                    trainer_cfg: TrainerConfig | Any | None = None, label: str | None = None) -> dict[str, Any]:
     """Distil ``student_model`` from ``teacher`` into ``run`` (resuming there); return the trainer summary
     with the student, teacher, active loss weights and the teacher's test top-1.
 
     The building block of task=distill and of the schemes: ``teacher`` may be None for a CE-only loss;
     ``trainer_cfg`` defaults to ``ctx.cfg.trainer``; ``student_name`` (default ``model.name``) picks the
-    per-pair DKD beta. Writes ``model.safetensors`` and ``model.json`` in ``run``.
+    per-pair DKD beta; ``label`` names the run in its log lines (default "KD student <name>", or "CE baseline
+    <name>" without a teacher). Writes ``model.safetensors`` and ``model.json`` in ``run``.
     """
     cfg = distill_config(distill_cfg)
     tcfg = to_object(trainer_cfg if trainer_cfg is not None else ctx.cfg.trainer, TrainerConfig)
@@ -71,7 +75,9 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
         teacher.to(memory_format=torch.channels_last)  # the trainer moves it to its device with the objective
     objective = DistillObjective(cfg, student_model, teacher, data=ctx.data, split=tcfg.train_split, seed=seed,
                                  student_name=name, cache_dir=ctx.cache_dir)
-    trainer = ctx.trainer(student_model, trainer_cfg=tcfg, run=run, objective=objective, seed=seed)
+    role = "+".join(k for k in active_weights(cfg) if k != "ce").upper() + " student" if teacher else "CE baseline"
+    trainer = ctx.trainer(student_model, trainer_cfg=tcfg, run=run, objective=objective, seed=seed,
+                          label=label or f"{role} {name}")
     summary = trainer.fit(resume=ctx.resume)
     teacher_names = teacher.names if teacher is not None else []
     _write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg))
@@ -79,6 +85,48 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
     if teacher is not None:
         out["teacher_test_top1"] = trainer.evaluate("test", teacher)["top1"]
     return out
+
+
+@torch.no_grad()
+def test_hits(ctx: RunContext, model: nn.Module, trainer_cfg: TrainerConfig | Any | None = None) -> torch.Tensor:
+    """Per test image, whether ``model``'s top-1 prediction is right (bool, in the test split's order): what a
+    paired comparison of two students needs."""
+    tcfg = to_object(trainer_cfg if trainer_cfg is not None else ctx.cfg.trainer, TrainerConfig)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = []
+    for batch in ctx.data.loader("test", tcfg.eval_batch_size, train=False, seed=0, device=device,
+                                 channels_last=tcfg.channels_last).epoch(0):
+        with autocast_context(device, tcfg.amp):
+            hits.append(model(batch.x).argmax(1).eq(batch.y).cpu())
+    model.train(was_training)
+    return torch.cat(hits)
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Top-1 of ``a`` minus top-1 of ``b`` (points) on the same images, with the paired standard error: the s.d. of
+    the per-image differences over sqrt(n). Images both get right or both get wrong cancel out, so this is much
+    tighter than two independent binomial errors."""
+    if a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"paired comparison needs two equal-length hit vectors of >= 2 images, got {a.shape}, "
+                         f"{b.shape}")
+    d = a.double() - b.double()
+    n = d.numel()
+    se = 100.0 * d.std(unbiased=True).item() / math.sqrt(n)
+    diff = 100.0 * d.mean().item()
+    return {"a_top1": 100.0 * a.double().mean().item(), "b_top1": 100.0 * b.double().mean().item(), "diff": diff,
+            "se": se, "z": diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)),
+            "n": n, "a_only": int((d > 0).sum()), "b_only": int((d < 0).sum())}
+
+
+def comparison_line(cmp: dict[str, float], a: str, b: str = "CE") -> str:
+    """One line a newcomer can read: both top-1s, the difference, its paired s.e. and whether it clears the noise
+    (|difference| > 2 s.e., about 95 %)."""
+    verdict = (f"{a if cmp['diff'] > 0 else b} is better beyond the noise" if abs(cmp["z"]) > 2
+               else "inside the noise (|difference| <= 2 s.e.)")
+    return (f"{a} vs {b} on {cmp['n']} test images: {cmp['a_top1']:.2f} vs {cmp['b_top1']:.2f} top-1, difference "
+            f"{cmp['diff']:+.2f} points, paired s.e. {cmp['se']:.2f} (z = {cmp['z']:+.1f}): {verdict}")
 
 
 def run_scheme(ctx: RunContext, scheme: str) -> dict[str, Any]:
@@ -100,14 +148,19 @@ def run(ctx: RunContext) -> dict[str, Any]:
         return run_scheme(ctx, dcfg.scheme)
     make_student, name, arch_path = student_factory(ctx)
     teacher = build_teacher(ctx) if set(active_weights(dcfg)) - {"ce"} else None
-    summary = distill_student(ctx, make_student(), teacher, dcfg, ctx.run, cfg.seed, student_name=name)
+    student = make_student()
+    summary = distill_student(ctx, student, teacher, dcfg, ctx.run, cfg.seed, student_name=name)
     if arch_path is not None:
         shutil.copyfile(arch_path, ctx.run.path / "arch.json")
     if dcfg.compare_ce:
-        ce_run = ctx.run.sub("ce")
-        ce = ctx.trainer(make_student(), run=ce_run, seed=cfg.seed).fit(resume=ctx.resume)
+        ce_run, ce_student = ctx.run.sub("ce"), make_student()
+        ce = ctx.trainer(ce_student, run=ce_run, seed=cfg.seed, label=f"CE baseline {name}").fit(resume=ctx.resume)
         ce_run.write_summary(ce)
         _write_card(ctx, ce_run, name)
         summary.update({f"ce_{k}": ce[k] for k in TOP1})
         summary.update({f"gain_{k}": summary[k] - ce[k] for k in TOP1})
+        losses = "+".join(k for k in active_weights(dcfg) if k != "ce").upper() or "CE"
+        cmp = paired_comparison(test_hits(ctx, student), test_hits(ctx, ce_student))
+        summary["gain_test_top1_last_se"] = cmp["se"]
+        log.info("%s", comparison_line(cmp, losses))
     return summary

@@ -16,6 +16,7 @@ in CPU seconds of this process: on a machine shared with other jobs, wall clock 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,12 +28,16 @@ from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import active_weights, distill_config
 from kdnas.errors import ConfigError
 from kdnas.evaluators import CE_ONLY, build_candidate
+from kdnas.progress import duration
 from kdnas.runs import RunDir
 from kdnas.search import search
 from kdnas.spaces import load_arch, space_for
 from kdnas.spaces.costs import CostModel, count_params
 from kdnas.strategies.cream.search import CreamSearch
-from kdnas.tasks.distill import distill_student
+from kdnas.tasks.distill import comparison_line, distill_student, paired_comparison, test_hits
+
+log = logging.getLogger("kdnas")
+STAGES = ("teacher", "search", "KD retraining of the winner", "CE baseline of the winner")
 
 
 def table(rows: list[tuple[str, int | None, float | None]], title: str) -> str:
@@ -76,8 +81,14 @@ def run(ctx: RunContext) -> dict[str, Any]:
         laps.append((time.perf_counter(), time.process_time()))
         timings[f"{stage}_s"], timings["cpu"][f"{stage}_s"] = (b - a for a, b in zip(*laps[-2:]))
 
+    def stage(k: int) -> None:
+        log.info("pipeline stage %d/%d: %s (%s elapsed)", k + 1, len(STAGES), STAGES[k],
+                 duration(laps[-1][0] - laps[0][0]))
+
+    stage(0)
     teacher = build_teacher(ctx)
     lap("teacher")
+    stage(1)
     found = search_any(ctx, ctx.run.sub("search"))
     lap("search")
     arch = load_arch(found["best_arch_path"])
@@ -88,9 +99,13 @@ def run(ctx: RunContext) -> dict[str, Any]:
 
     name = f"arch:{arch.arch_id}"
     dcfg = distill_config(cfg.distill)
-    kd = distill_student(ctx, student(), teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name)
+    stage(2)
+    kd_net = student()
+    kd = distill_student(ctx, kd_net, teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name)
     lap("retrain")
-    ce = distill_student(ctx, student(), None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
+    stage(3)
+    ce_net = student()  # the same init
+    ce = distill_student(ctx, ce_net, None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
                          student_name=name)
     lap("ce")
     for t in (timings, timings["cpu"]):
@@ -106,7 +121,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                  f"kdnas pipeline: {cfg.data.name}, space {space.name}, strategy {found['strategy']}, "
                  f"{searched(found, cfg)}")
     gain = kd["test_top1_last"] - ce["test_top1_last"]
-    text += f"\n{losses} vs CE: {gain:+.2f} points"
+    cmp = paired_comparison(test_hits(ctx, kd_net), test_hits(ctx, ce_net))
+    text += "\n" + comparison_line(cmp, losses.upper())
     for kind, t in (("wall clock", timings), ("CPU time", timings["cpu"])):
         text += (f"\n{kind}: search {t['search_s']:.0f} s + {losses} retraining {t['retrain_s']:.0f} s = "
                  f"{t['total_s']:.0f} s (CE baseline {t['ce_s']:.0f} s, teacher {t['teacher_s']:.0f} s)")
@@ -117,4 +133,4 @@ def run(ctx: RunContext) -> dict[str, Any]:
             "arch": arch.decisions, "params": params, "macs": int(costs["macs"]), "losses": losses,
             "teacher": teacher.names, "teacher_test_top1": kd.get("teacher_test_top1"),
             "kd_test_top1_last": kd["test_top1_last"], "ce_test_top1_last": ce["test_top1_last"],
-            "gain_test_top1_last": gain, "timings": timings, "search": found}
+            "gain_test_top1_last": gain, "gain_test_top1_last_se": cmp["se"], "timings": timings, "search": found}

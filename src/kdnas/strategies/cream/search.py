@@ -44,6 +44,7 @@ from kdnas.data import Batch
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import accuracy_counts, lr_at
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
+from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
 from kdnas.search import SearchSettings
 from kdnas.spaces.base import Arch, space_from_config
@@ -116,7 +117,7 @@ class CreamSearch:
         torch.manual_seed(derive_seed(ctx.cfg.seed, "init", "cream"))
         self.supernet = Supernet(space, ctx.data.num_classes, ctx.data.input_size)
         self.meta = MetaMatching(ctx.data.num_classes, self.cfg.slice_size)
-        self.trainer = ctx.trainer(self.supernet, trainer_cfg=self.tcfg, run=self.run_dir)
+        self.trainer = ctx.trainer(self.supernet, trainer_cfg=self.tcfg, run=self.run_dir, label="cream supernet")
         self.device = self.trainer.device
         self.meta.to(self.device)
         self.meta_optimizer = torch.optim.SGD(self.meta.parameters(), lr=self.cfg.meta_lr, momentum=0.9)
@@ -206,6 +207,8 @@ class CreamSearch:
         self.supernet.train()
         sums = {"loss": 0.0, "top1": 0.0, "distilled": 0, "rho": 0.0, "mentor": 0, "admitted": 0, "meta_updates": 0}
         start = time.perf_counter()
+        steps = Progress(f"cream supernet epoch {epoch + 1}/{self.tcfg.epochs}{' (warm-up)' if warm else ''}", n,
+                         bar=self.trainer.progress)  # an epoch can take minutes: a status line every 30 s
         for i, batch in enumerate(source.epoch(epoch)):
             step = epoch * n + i
             lr = lr_at(self.tcfg, step, n)
@@ -243,9 +246,11 @@ class CreamSearch:
                     "flops": 2 * self.macs(path), "images": batch.x[:s].clone(),
                     "probs": F.softmax(logits[:s].detach(), 1), "step": step}])
                 sums["admitted"] += any(e.step == step for e in self.strategy.board.entries)
+            steps.update(extra=f"board {len(self.strategy.board.entries)}")
             if self.out_of_time():
                 self.stopped_by = "time"
                 break
+        steps.close()
         steps, distilled = i + 1, max(sums["distilled"], 1)
         return {"loss": sums["loss"] / steps, "top1": sums["top1"] / steps, "steps": steps, "lr": lr, "warmup": warm,
                 "distilled_steps": sums["distilled"], "rho_mean": sums["rho"] / distilled,
@@ -314,6 +319,7 @@ class CreamSearch:
         start = self.restore(ckpt) if ckpt is not None else 0
         if start == 0:
             self.history_path.unlink(missing_ok=True)
+        epochs = Progress("cream supernet", self.tcfg.epochs, unit="epoch", done=start, bar=False, lines=False)
         for epoch in range(start, self.tcfg.epochs):
             if self.stopped_by is not None:
                 break
@@ -321,9 +327,10 @@ class CreamSearch:
             with open(self.history_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.log_fn({"epoch": epoch, "split": "train", **{k: v for k, v in record.items() if k != "board"}})
-            log.info("epoch %d/%d  loss %.4f  path top-1 %.2f%%  board %d (best %.1f%%)  admitted %d", epoch + 1,
-                     self.tcfg.epochs, record["loss"], record["top1"], len(record["board"]),
-                     record.get("board_best", math.nan), record["admitted"])
+            epochs.update()
+            log.info("cream supernet: epoch %d/%d  loss %.4f  path top-1 %.2f%%  board %d (best %.1f%%)  admitted %d"
+                     "  (ETA %s)", epoch + 1, self.tcfg.epochs, record["loss"], record["top1"], len(record["board"]),
+                     record.get("board_best", math.nan), record["admitted"], duration(epochs.eta()))
             self.save(epoch)
         self.stopped_by = self.stopped_by or "epochs"
         return self.finish()
@@ -349,6 +356,9 @@ class CreamSearch:
                                    "stopped_by": self.stopped_by, "seconds": self.seconds()}
         if top is not None:  # the best with no FLOPs bound (the last one)
             atomic_write_json(run.path / "best_arch.json", top)
+            log.info("cream search done: best arch %s, %s top-1 %.2f%% (inherited weights), board of %d, %s -> %s",
+                     top["arch_id"], self.selection_split, top["result"][sel], len(rows), duration(self.seconds()),
+                     run.path / "best_arch.json")
             summary.update(best_arch_id=top["arch_id"], best_arch=top["decisions"], best_reward=top["result"][sel],
                            best_arch_path=str(run.path / "best_arch.json"),
                            **{f"best_{k}": v for k, v in top["result"].items()})
