@@ -4,7 +4,9 @@ results, NaN handling."""
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert latest is not None and latest.name == "epoch_0001"
     weights, _, _ = load_checkpoint(latest)
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_respect_the_umask(umask: int, mode: int, tmp_path: Path) -> None:
+    """Results on a shared machine: every atomic writer (JSON, weights, checkpoints) gives 0o666 & ~umask, not
+    mkstemp's 0600."""
+    from kdnas.engine.checkpoint import save_weights
+    from kdnas.utils import atomic_write_json
+
+    old = os.umask(umask)
+    try:
+        atomic_write_json(tmp_path / "summary.json", {"top1": 1.0})
+        save_weights(tmp_path / "model.safetensors", {"w": torch.zeros(2)})
+        save_checkpoint(tmp_path / "checkpoints", "epoch_0001", model_state={"w": torch.zeros(2)}, state={}, meta={})
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 7 and {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}

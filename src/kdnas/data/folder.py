@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from kdnas.config import DataConfig
 from kdnas.data.datasets import Batch, BatchSource, DataModule, EpochPlan, default_stats, digest_listing
 from kdnas.errors import DataError
-from kdnas.utils import generator
+from kdnas.utils import current_umask, generator
 
 LAYOUT = "The expected layout is train/<class>/* and test/<class>/* image files."
 
@@ -123,6 +123,7 @@ def extract_archive(archive: Path, fingerprint: str, cache_dir: Path, where: str
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{fingerprint[:16]}."))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700: a shared cache must stay readable
     # The "data" filter refuses absolute paths and links out of the folder (Python >= 3.10.12 / 3.11.4).
     safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     try:
