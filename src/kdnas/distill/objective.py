@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -87,14 +89,29 @@ class DistillObjective(Objective):
         return TeacherOutput(members.mean(0), members, None)
 
     def forward(self, model: nn.Module, batch: Batch, epoch: int) -> StepOutput:
-        s = model.forward_features(batch.x)
+        out = model.forward_features(batch.x)
         t = self.teacher_outputs(batch) if self.teacher is not None else None
-        loss = s.logits.new_zeros(())
+        loss = out.logits.new_zeros((), dtype=torch.float32)
         terms: dict[str, Tensor] = {}
-        for name, term in self.terms.items():
-            value = term(s, t, batch)
-            loss = loss + self.weights[name] * term.scale(epoch) * value
-            terms[name] = value.detach()
+        # The losses in fp32 under trainer.amp: fp16 turns RKD's normalised zero differences and large pairwise
+        # distances into NaN/inf. A no-op without autocast.
+        with torch.autocast(out.logits.device.type, enabled=False):
+            s, t = _float(out), _float(t)
+            for name, term in self.terms.items():
+                value = term(s, t, batch)
+                loss = loss + self.weights[name] * term.scale(epoch) * value
+                terms[name] = value.detach()
         if t is not None and t.members.shape[0] > 1:
             terms["oracle_disagreement"] = torch.tensor(kdf.oracle_disagreement_fraction(t.members, batch.y))
-        return StepOutput(loss=loss, logits=s.logits, terms=terms)
+        return StepOutput(loss=loss, logits=out.logits, terms=terms)
+
+
+def _float(x: Any) -> Any:
+    """``Features`` / ``TeacherOutput`` with every floating tensor in fp32 (the same objects when already fp32)."""
+    if isinstance(x, Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, list):
+        return [_float(v) for v in x]
+    if is_dataclass(x):
+        return replace(x, **{f.name: _float(getattr(x, f.name)) for f in fields(x)})
+    return x

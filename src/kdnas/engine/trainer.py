@@ -76,13 +76,23 @@ def build_optimizer(cfg: TrainerConfig, params: list[nn.Parameter]) -> torch.opt
 
 
 def autocast_context(device: torch.device, amp: str):
+    """``trainer.amp`` on the run's device. CPU autocast runs too (bf16 pays off on CPUs with AMX/AVX512-BF16),
+    so CI exercises the same AMP path, grad scaler included, as a GPU run."""
+    if amp not in ("off", "bf16", "fp16"):
+        raise ConfigError(f"trainer.amp={amp!r} is not one of off, bf16, fp16.")
     if amp == "off":
         return nullcontext()
-    if device.type != "cuda":
-        raise ConfigError(f"trainer.amp={amp!r} needs a CUDA device; this run uses {device}. Set trainer.amp=off.")
-    if amp not in ("bf16", "fp16"):
-        raise ConfigError(f"trainer.amp={amp!r} is not one of off, bf16, fp16.")
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` of both entry points objectives call: ``model(x)`` and ``model.forward_features(x)``
+    (the compiled wrapper hands attribute lookups such as ``forward_features`` to the eager module, so a
+    distillation step would otherwise run uncompiled). Weights stay shared with ``model``."""
+    compiled = torch.compile(model)
+    if callable(getattr(model, "forward_features", None)):
+        compiled.forward_features = torch.compile(model.forward_features)
+    return compiled
 
 
 def accuracy_counts(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,11 +118,11 @@ class Trainer:
         model = distributed.sync_batchnorm(model, self.device) if cfg.sync_bn else model
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.objective = (objective or Objective(cfg.label_smoothing)).to(self.device)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model = compile_model(self.model) if cfg.compile else self.model
         self.step = distributed.train_step(self.forward_model, self.objective, self.device)
         params = [p for p in [*self.model.parameters(), *self.objective.parameters()] if p.requires_grad]
         self.optimizer = build_optimizer(cfg, params)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.progress = progress and sys.stderr.isatty() and self.world.is_main
         self.log_fn = (log_fn or run.log) if self.world.is_main else lambda record: None
         self.train_source = data.loader(cfg.train_split, cfg.batch_size, train=True, seed=seed, device=self.device,
@@ -209,8 +219,8 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":  # the training device's generator alone: resumable with other GPUs visible
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {"epoch": epoch, "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "objective": self.objective.state_dict(), "objective_extra": self.objective.extra_state(),
                 "rng": rng, "best": self.best, "last": self.last}
@@ -235,8 +245,12 @@ class Trainer:
         self.objective.load_state_dict(state["objective"])
         self.objective.load_extra_state(state["objective_extra"])
         torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        cuda_rng = state["rng"].get("cuda")
+        if cuda_rng is not None and self.device.type == "cuda":
+            # a list: every visible GPU's generator (older checkpoints); the training device's is the one it used
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            own = cuda_rng[min(index, len(cuda_rng) - 1)] if isinstance(cuda_rng, list) else cuda_rng
+            torch.cuda.set_rng_state(own, self.device)
         self.best, self.last = state["best"], state["last"]
         return state["epoch"] + 1
 
