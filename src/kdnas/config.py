@@ -129,6 +129,7 @@ class KdnasConfig:
     search: Any = None
     export: Any = None
     correlate: Any = None
+    cache: Any = None
     report: Any = None
     debug: Any = None
     experiment: Any = None

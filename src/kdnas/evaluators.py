@@ -38,7 +38,7 @@ from torch import nn
 from kdnas.config import ModelConfig, TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, build_model, to_object
 from kdnas.data import Batch, DataModule
-from kdnas.distill.cache import TeacherLogitCache, prebuild, tensor_sha256
+from kdnas.distill.cache import TeacherLogitCache, hold, prebuild, tensor_sha256
 from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
 from kdnas.engine.trainer import apply_runtime
@@ -95,6 +95,7 @@ class CachedEvaluator:
         self.identity, self.pool = identity, pool
         self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT})
         self.root = Path(cache_dir).expanduser() / "evals" / self.fingerprint
+        self.held = hold(self.root)  # task=cache never prunes the results of a running search
         self.hits = self.misses = 0
         self.positions: dict[str, str] = {}  # arch_id -> "k/N" in the search, for log lines (set by the loop)
 
@@ -452,6 +453,7 @@ class TrainEvaluator(CachedEvaluator):
         self.teacher.to(resolve_device(self.trainer.device), memory_format=torch.channels_last)
         prebuild(cache, list(self.teacher.members), self.teacher.hashes, self.trainer.epochs,
                  progress=bool(self.ctx.cfg.progress))
+        self.logit_cache = cache  # holds the search's epochs until the search ends
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         from kdnas.tasks.distill import distill_student

@@ -8,6 +8,10 @@ logits [N, K] of that epoch's views, fp16, rows in split order. Files live under
 the key and a sha256 of the tensor bytes in their metadata, and are verified on every load: a stale or
 corrupt file is rebuilt (``auto``) or refused (``required``), never used. Without augmentation every epoch
 shows the same views and shares one file.
+
+Two flock files sit beside each entry: ``.<name>.lock``, exclusive while it is built (two workers racing for
+an epoch: one builds, the other waits and reads it), and ``.<name>.hold``, shared by every live cache object
+(and search evaluator) that uses it, so that ``task=cache`` pruning never removes an entry a running job needs.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -60,6 +66,7 @@ class TeacherLogitCache:
         self.rows[self.indices] = torch.arange(len(self.indices))
         self.augment = data.cfg.augment
         self.aug_seed = data.cfg.aug_seed if data.cfg.aug_seed is not None else seed  # as DataModule.loader
+        self.held: dict[Path, IO[str]] = {}  # entries this object has used: held until it is closed
 
     def key(self, teacher_hash: str, epoch: int) -> dict:
         """Everything the cached logits depend on (the epoch only when views change with it)."""
@@ -71,9 +78,12 @@ class TeacherLogitCache:
         return self.root / f"{key['teacher'][:16]}-{stable_hash(key, 24)}.safetensors"
 
     def get(self, net: nn.Module, teacher_hash: str, epoch: int) -> Tensor:
-        """``net``'s logits [N, K] (fp16, CPU, rows in split order) on the views of epoch ``epoch``."""
+        """``net``'s logits [N, K] (fp16, CPU, rows in split order) on the views of epoch ``epoch``; the entry is
+        held (:func:`hold`) while this cache object lives, so ``task=cache`` pruning skips it."""
         key = self.key(teacher_hash, epoch)
         path = self.path(key)
+        if path not in self.held:
+            self.held[path] = hold(path)
         logits, problem = self.load(path, key)
         if logits is not None:
             return logits
@@ -81,7 +91,7 @@ class TeacherLogitCache:
             raise ConfigError(f"teacher.cache=required, but the teacher-logit cache has no valid entry for epoch "
                               f"{epoch + 1} ({path}: {problem}). Run once with teacher.cache=auto to build it, or "
                               "prebuild it with kdnas.distill.cache.prebuild.")
-        with self._lock(path):
+        with exclusive(lock_file(path)):
             logits, problem = self.load(path, key)  # another process may have built it meanwhile
             if logits is None:
                 if problem != "missing":
@@ -128,15 +138,51 @@ class TeacherLogitCache:
         assert out is not None
         return out
 
-    @contextmanager
-    def _lock(self, path: Path):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(path.with_name(f".{path.name}.lock"), "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def close(self) -> None:
+        """Release the entries this object holds (also when it is garbage-collected)."""
+        held = getattr(self, "held", {})  # absent when __init__ raised
+        for f in held.values():
+            f.close()
+        held.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def lock_file(entry: Path) -> Path:
+    """The write lock of a cache entry (file or folder), beside it: held exclusively while it is built (the teacher
+    store's convention too)."""
+    return entry.with_name(f".{entry.name}.lock")
+
+
+def hold_file(entry: Path) -> Path:
+    """The use lock of a cache entry: shared by every job that still needs it (:func:`hold`)."""
+    return entry.with_name(f".{entry.name}.hold")
+
+
+def hold(entry: Path) -> IO[str]:
+    """A shared lock on ``entry``'s use lock for as long as the returned file stays open: ``task=cache`` never
+    removes a held entry. Separate from the write lock, so that holders never delay a build."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    f = open(hold_file(entry), "a")  # noqa: SIM115 - the caller keeps it open as long as it holds the entry
+    fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+@contextmanager
+def exclusive(lock: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on the file ``lock``; ``wait=False``: yields False at once if another holder has it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prebuild(cache: TeacherLogitCache, nets: list[nn.Module], hashes: list[str], epochs: int, *,

@@ -21,6 +21,7 @@ TASKS: dict[str, str] = {
     "search": "kdnas.tasks.search",
     "pipeline": "kdnas.tasks.pipeline",
     "correlate": "kdnas.tasks.correlate",
+    "cache": "kdnas.tasks.cache",
     "report": "kdnas.tasks.report",
 }
 
