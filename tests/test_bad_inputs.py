@@ -165,6 +165,47 @@ def test_bad_teacher_checkpoint_is_refused(damage, needles: tuple[str, ...], fin
     assert not marker.exists()
 
 
+def zero_64_bytes(path: Path) -> None:
+    """The issue's damage: 64 bytes of tensor data zeroed in place (the file still parses)."""
+    blob = bytearray(path.read_bytes())
+    mid = len(blob) // 2
+    before = bytes(blob)
+    blob[mid : mid + 64] = bytes(64)
+    assert bytes(blob) != before
+    path.write_bytes(bytes(blob))
+
+
+def test_corrupted_teacher_weights_fail_the_run(finished_run: Path, tmp_path: Path) -> None:
+    """teacher=checkpoint on a run folder whose model.safetensors was damaged after kdnas wrote it: exit 1."""
+    teacher = tmp_path / "teacher"
+    shutil.copytree(finished_run, teacher)
+    zero_64_bytes(teacher / "model.safetensors")
+    proc = kdnas_cli(*TINY, "task=distill", "teacher=checkpoint", "teacher.model=resnet8",
+                     f"teacher.checkpoint={teacher}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    fails_cleanly(proc, "sha256", str(teacher / "model.safetensors"))
+
+
+def test_weights_carry_their_sha256_and_a_bare_file_loads_with_a_warning(finished_run: Path, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    card = json.loads((finished_run / "model.json").read_text())
+    assert card["weights_sha256"] == sha256(finished_run / "model.safetensors") and card["model"] == "resnet8"
+    damaged = tmp_path / "damaged"
+    shutil.copytree(finished_run, damaged)
+    zero_64_bytes(damaged / "model.safetensors")
+    bare = tmp_path / "bare.safetensors"  # a user's file: no card beside it
+    shutil.copyfile(damaged / "model.safetensors", bare)
+    for weights in (damaged / "model.safetensors", bare):
+        cfg = compose("train", [*TINY, "teacher=checkpoint", "teacher.model=resnet8", f"teacher.checkpoint={weights}"])
+        ctx = RunContext(cfg, RunDir(tmp_path / "run"))
+        if weights == bare:
+            with caplog.at_level("WARNING", logger="kdnas"):
+                load_teacher(ctx)
+            assert "cannot be verified" in caplog.text and str(bare) in caplog.text
+        else:
+            with pytest.raises(CheckpointError, match="sha256"):
+                load_teacher(ctx)
+
+
 # -- training and the output folder ----------------------------------------------------------------------
 
 def test_nan_loss_names_grad_clip_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:

@@ -22,12 +22,16 @@ from torch import nn
 
 from kdnas.config import ModelConfig, TrainerConfig
 from kdnas.engine import distributed
-from kdnas.engine.checkpoint import load_weights
+from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.utils import read_json, stable_hash
 
 log = logging.getLogger("kdnas")
+# Teachers shipped inside the package (``<key>/model.safetensors`` + ``teacher.json``), filed into the store on
+# first use of their exact key: `make run` then needs no teacher training. scripts/make_quickstart_teacher.py
+# regenerates them; tests/test_quickstart.py checks that the quickstart's key still finds its teacher.
+PACKAGED_TEACHERS = Path(__file__).resolve().parent / "assets" / "teachers"
 STORE_FORMAT = 2  # 2: keyed by the whole data identity; cards carry the weights' sha256
 # Trainer keys that do not change the trained weights' recipe.
 _RUNTIME_KEYS = ("device", "num_threads", "compile", "log_every", "checkpoint_every", "eval_every",
@@ -89,7 +93,7 @@ def load_network(model_name: str, num_classes: int, weights: Path, **model_kwarg
 
     net = create_model(model_name, num_classes=num_classes, **model_kwargs)
     try:
-        net.load_state_dict(load_weights(weights))
+        net.load_state_dict(load_verified_weights(weights))
     except RuntimeError as e:
         raise CheckpointError(f"Weights {str(weights)!r} do not fit model {model_name!r} with {num_classes} classes: "
                               f"{str(e).splitlines()[0]} Set teacher.model / model.name to the network the weights "
@@ -122,6 +126,15 @@ def resolve_checkpoint(path: str | Path, default_model: str) -> tuple[str, Path]
     return default_model, path
 
 
+def packaged_teacher(key: str, root: Path = PACKAGED_TEACHERS) -> Path | None:
+    """The packaged teacher filed under exactly ``key`` (the full store key: network, data identity, recipe,
+    seed, store format), or None. A teacher is only ever reused for the configuration it was trained with."""
+    path = root / key
+    if not ((path / "model.safetensors").is_file() and (path / "teacher.json").is_file()):
+        return None
+    return path if read_json(path / "teacher.json").get("key") == key else None
+
+
 def teacher_key(ctx: Any, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
     trainer = TrainerConfig(**OmegaConf.to_container(tcfg.trainer, resolve=True))
     store = TeacherStore(ctx.cache_dir)
@@ -145,6 +158,16 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
         stored = "yes" if main and store.lookup(key) is not None else "no"
         if distributed.gather(stored)[0] == "yes" and not force:
             return store.root / key, read_json(store.root / key / "teacher.json")  # complete: renamed in whole
+        packaged = None if force else packaged_teacher(key)
+        if packaged is not None:  # shipped with kdnas for this exact key: file it, train nothing
+            card = read_json(packaged / "teacher.json")
+            log.info("teacher %s: the one packaged with kdnas (test top-1 %s, %s), filed in the store as %s",
+                     tcfg.model, card.get("test_top1"), card.get("regenerate", ""), key)
+            if main:
+                store.put(key, packaged / "model.safetensors",
+                          {k: v for k, v in card.items() if k not in ("key", "schema_version")})
+            distributed.gather("filed")
+            return store.root / key, read_json(store.root / key / "teacher.json")
         if not (tcfg.train_if_missing or force):
             raise ConfigError(
                 f"No stored teacher {tcfg.model!r} for this data set and recipe (store key {key}). Train it with "

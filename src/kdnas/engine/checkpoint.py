@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from kdnas.errors import CheckpointError
 from kdnas.utils import atomic_write_bytes, atomic_write_json
 
+log = logging.getLogger("kdnas")
 FORMAT = "kdnas-checkpoint/1"
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # protocol-2+ pickle, zip (torch.save)
 
@@ -102,6 +104,43 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or truncated ({e}). Delete it and rerun, "
                               "or pass another checkpoint.") from None
+
+
+WEIGHTS = "model.safetensors"
+CARDS = ("model.json", "teacher.json")  # what kdnas writes beside weights: run/export folders, teacher store entries
+
+
+def weights_record(folder: str | Path) -> dict[str, str]:
+    """The card fields that identify ``folder/model.safetensors`` (empty when there is none): its sha256,
+    checked by :func:`load_verified_weights` on every load."""
+    path = Path(folder) / WEIGHTS
+    return {"weights_file": WEIGHTS, "weights_sha256": _sha256(path)} if path.is_file() else {}
+
+
+def load_verified_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights a run, a teacher store entry or an export wrote, after checking the sha256 its card (model.json /
+    teacher.json beside it) recorded; a file without such a card loads with a warning that it cannot be verified."""
+    path = Path(path)
+    cards = [path.parent / c for c in CARDS if (path.parent / c).is_file()]
+    recorded = None
+    for card in cards:
+        try:
+            fields = json.loads(card.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if fields.get("weights_file") == path.name and fields.get("weights_sha256"):
+            recorded = card, fields["weights_sha256"]
+            break
+    if recorded is None:
+        log.warning("%s has no model.json with its sha256 beside it, so it cannot be verified (kdnas records one for "
+                    "every weights file it writes); loading it as it is.", path)
+    elif path.is_file() and _sha256(path) != recorded[1]:
+        raise CheckpointError(
+            f"Weights {str(path)!r} do not match the sha256 recorded in {str(recorded[0])!r} when kdnas wrote them: "
+            "the file was damaged or changed since. Copy it again from its source or retrain it (a teacher store "
+            "entry: task=train_teacher teacher.retrain=true); a file you changed on purpose loads without its card "
+            "(move the card away).")
+    return load_weights(path)
 
 
 def save_checkpoint(directory: str | Path, tag: str, *, model_state: dict[str, torch.Tensor],

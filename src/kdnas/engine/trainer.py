@@ -26,7 +26,7 @@ from torch import nn
 from kdnas.config import TrainerConfig
 from kdnas.data import DataModule
 from kdnas.engine import distributed
-from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_weights, weights_record
 from kdnas.engine.objective import Objective
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
 from kdnas.progress import Progress, duration
@@ -282,6 +282,7 @@ class Trainer:
                 self.save(epoch)
         if self.world.is_main:
             save_weights(self.run.path / "model.safetensors", self.model.state_dict())
+            write_model_card(self.run.path / "model.json")  # the sha256; tasks add what network it is
         return self.summary(time.perf_counter() - wall)
 
     def _evaluate_all(self, epoch: int) -> None:
@@ -315,5 +316,6 @@ class Trainer:
 
 
 def write_model_card(path: Path, **fields: Any) -> None:
-    """``model.json`` beside ``model.safetensors``: what network the weights belong to."""
-    atomic_write_json(path, {"schema_version": 1, **fields})
+    """``model.json`` beside ``model.safetensors``: what network the weights belong to, and their sha256
+    (verified on every load)."""
+    atomic_write_json(path, {"schema_version": 1, **fields, **weights_record(path.parent)})

@@ -22,7 +22,7 @@ from torch import nn
 
 from kdnas.config import dataclass_from_node
 from kdnas.context import RunContext
-from kdnas.engine.checkpoint import load_weights, save_weights
+from kdnas.engine.checkpoint import load_verified_weights, save_weights
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.models import create_model
@@ -84,7 +84,7 @@ def _source(e: ExportConfig) -> tuple[Arch | str, Path | None, dict[str, Any]]:
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
-    state = {k.removeprefix("_orig_mod."): v for k, v in load_weights(path).items()}  # torch.compile'd runs
+    state = {k.removeprefix("_orig_mod."): v for k, v in load_verified_weights(path).items()}  # compiled runs
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
