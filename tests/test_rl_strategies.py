@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -9,14 +10,19 @@ from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from kdnas.engine.checkpoint import load_checkpoint, save_checkpoint
+from kdnas.errors import ConfigError
+from kdnas.evaluators import CachedEvaluator
+from kdnas.runs import RunDir
+from kdnas.search import run_search
 from kdnas.spaces import Arch, Decision, SearchSpace, create_space, load_arch, space_for
 from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies import create_strategy
 from kdnas.strategies.akd import AKDStrategy
-from kdnas.strategies.controllers import LSTMController, PolicyStrategy, Reinforce, SkipGroup, bernoulli_kl, plan
+from kdnas.strategies.controllers import PPO, LSTMController, PolicyStrategy, Reinforce, SkipGroup, bernoulli_kl, plan
 from kdnas.strategies.kdas import KDASStrategy
 from kdnas.strategies.tabular import Table, compare, shipped_config
 
@@ -134,8 +140,8 @@ def test_enas_skip_layout_shapes_and_kl_toward_the_target() -> None:
     first = ctrl(batch=512, generator=gen)
     for _ in range(100):
         with torch.no_grad():
-            actions = ctrl(batch=16, generator=gen).actions
-        learner.update(actions, [0.0] * 16)
+            drawn = ctrl(batch=16, generator=gen)
+        learner.update(drawn.actions, drawn.log_prob, [0.0] * 16)
     last = ctrl(batch=4096, generator=gen)
     assert last.skip_kl.mean() < 0.01 < first.skip_kl.mean()
     assert last.actions[:, links].float().mean().item() == pytest.approx(0.4, abs=0.03)
@@ -161,6 +167,128 @@ def test_policy_gradient_improves_a_toy_reward(algo: str) -> None:
     assert len(strategy.updates) == 100 and strategy.learner.baseline > 0.6
 
 
+def off_policy_batch(seed: int = 0) -> tuple[LSTMController, Tensor, Tensor]:
+    """A controller and 4 archs it drew, with "sampling" log-probs set so that p_now / p_sampled = 2, 0.5, 0.9, 1
+    (as if an earlier policy had drawn them)."""
+    ctrl = LSTMController(ToySpace(n=3, k=3).decisions(), hidden=8, tanh_constant=1.5, seed=seed)
+    with torch.no_grad():
+        roll = ctrl(batch=4, generator=torch.Generator().manual_seed(seed))
+    return ctrl, roll.actions, roll.log_prob - torch.log(torch.tensor(RATIOS))
+
+
+RATIOS = [2.0, 0.5, 0.9, 1.0]
+ADVANTAGES = [0.5, 0.5, -0.5, 0.5]  # rewards [1, 1, 0, 1] against a fixed baseline 0.5
+
+
+def fixed_baseline(learner: Any) -> list[float]:
+    """Advantage = reward - 0.5 for every sample (decay 1 keeps the baseline); the rewards giving ADVANTAGES."""
+    learner.baseline, learner.baseline_decay = 0.5, 1.0
+    return [a + 0.5 for a in ADVANTAGES]
+
+
+def test_ppo_ratio_is_taken_against_the_sampling_policy_and_clipped() -> None:
+    """PPO's surrogate by hand: min(rho A, clip(rho, 0.8, 1.2) A) with rho = p_now / p_sampled. Fails if the
+    ratio is taken against the current policy (all rho = 1: loss -0.25) or the clip is dropped (-0.325)."""
+    ctrl, actions, sampled = off_policy_batch()
+    ppo = PPO(ctrl, clip=0.2, epochs=1, entropy_weight=0.0, skip_weight=0.0, lr=0.01)
+    stats = ppo.update(actions, sampled, fixed_baseline(ppo))
+    by_hand = [min(r * a, min(max(r, 0.8), 1.2) * a) for r, a in zip(RATIOS, ADVANTAGES)]  # 0.6, 0.25, -0.45, 0.5
+    assert stats["loss"] == pytest.approx(-sum(by_hand) / 4, abs=1e-6)
+    assert stats["ratio_max"] == pytest.approx(2.0, rel=1e-5) and stats["off_policy"] == 0.75
+    # Every sample clipped (rho = 2 > 1.2 with A > 0): no gradient, so the step leaves the policy as it was.
+    ctrl, actions, sampled = off_policy_batch(seed=1)
+    sampled = sampled + torch.log(torch.tensor(RATIOS)) - math.log(2.0)
+    ppo = PPO(ctrl, clip=0.2, epochs=1, entropy_weight=0.0, skip_weight=0.0, lr=0.01)
+    before = copy.deepcopy(ctrl.state_dict())
+    fixed_baseline(ppo)
+    ppo.update(actions, sampled, [1.0] * 4)
+    assert all(torch.equal(before[k], v) for k, v in ctrl.state_dict().items())
+
+
+def test_reinforce_importance_weights_samples_of_an_earlier_policy() -> None:
+    """REINFORCE's gradient is -mean_k rho_k A_k grad log p(a_k): by hand on a copy of the controller."""
+    ctrl, actions, sampled = off_policy_batch()
+    reference = copy.deepcopy(ctrl)
+    learner = Reinforce(ctrl, entropy_weight=0.0, skip_weight=0.0)
+    learner.step = lambda loss: loss.backward()  # keep the gradient, take no step
+    stats = learner.update(actions, sampled, fixed_baseline(learner))
+    log_prob = reference(actions=actions).log_prob
+    (-(torch.tensor(RATIOS) * torch.tensor(ADVANTAGES) * log_prob).mean()).backward()
+    grads = [(mine.grad, theirs.grad) for mine, theirs in zip(ctrl.parameters(), reference.parameters())
+             if theirs.grad is not None]  # the last decision's embedding feeds nothing
+    assert grads and all(torch.allclose(mine, theirs, atol=1e-6) for mine, theirs in grads)
+    assert stats["off_policy"] == 0.75 and stats["ratio_min"] == pytest.approx(0.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["reinforce", "ppo"])
+def test_a_batch_told_across_updates_keeps_its_sampling_log_probs(algo: str, tmp_path: Path) -> None:
+    """search.batch (6) > archs_per_update (4): the batch's last 2 samples wait for the next update with the
+    log-probs of the policy that drew them (not the updated one), also through a checkpoint."""
+    strategy = PolicyStrategy(ToySpace(), algo=algo, hidden=16, lr=0.05, archs_per_update=4, seed=0)
+    drew = copy.deepcopy(strategy.controller)
+    archs = strategy.ask(6)
+    strategy.tell(archs, [{"reward": zero_fraction(a)} for a in archs])
+    assert len(strategy.updates) == 1 and strategy.updates[0]["off_policy"] == 0.0 and not strategy.pending
+    waiting = torch.tensor([a for a, _, _ in strategy.buffer])
+    stored = torch.tensor([p for _, p, _ in strategy.buffer])
+    with torch.no_grad():
+        then, now = drew(actions=waiting).log_prob, strategy.controller(actions=waiting).log_prob
+    assert torch.allclose(stored, then, atol=1e-5) and not torch.allclose(stored, now, atol=1e-3)
+    clone = PolicyStrategy(ToySpace(), algo=algo, hidden=16, lr=0.05, archs_per_update=4, seed=0)
+    clone.load_state_dict(through_checkpoint(strategy.state_dict(), tmp_path))
+    assert clone.buffer == strategy.buffer
+    run_steps(strategy, 1, batch=2)
+    assert strategy.updates[1]["off_policy"] == 0.5  # 2 of its 4 samples came from the first policy
+
+
+def test_a_repeated_arch_is_shaped_once(tmp_path: Path) -> None:
+    """A 2-arch space and a batch of 8 (repeats certain) through the loop and a cached evaluator: each
+    repeat keeps accuracy 70 and reward 70 x 0.5 = 35 (latency 10 ms against a 5 ms soft target, beta = -1)
+    in the history and the policy buffer; the cache keeps the evaluator's 70."""
+
+    class Constant(CachedEvaluator):
+        def evaluate_one(self, arch: Arch) -> dict[str, Any]:
+            return {"reward": 70.0, "scores": {"top1": 70.0}}
+
+    evaluator = Constant(tmp_path / "cache", {"kind": "proxy", "test": "constant 70"})
+    akd = AKDStrategy(ToySpace(n=1, k=2), constraint=Constraint(latency_ms_max=5.0, mode="soft", alpha=0.0, beta=-1.0),
+                      costs=lambda arch, keys: {"latency_ms": 10.0}, archs_per_update=100, reward_scale=0.01, seed=0)
+    run_search(akd, evaluator, RunDir(tmp_path / "run"), budget=8, batch=8, config_hash="h", reward_kind="kd")
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").open()]
+    assert len(records) == 8 and len({r["arch_id"] for r in records}) < 8
+    assert [(r["accuracy"], r["reward"], r["reward_kind"]) for r in records] == [(70.0, 35.0, "kd")] * 8
+    assert [r for _, _, r in akd.buffer] == pytest.approx([0.35] * 8)
+    assert [r["reward"] for _, r in akd.history] == [35.0] * 8
+    arch = akd.history[0][0]
+    first, second = evaluator.evaluate([arch, arch])  # cache hits: independent copies
+    assert first == second == {"reward": 70.0, "scores": {"top1": 70.0}}
+    assert first is not second and first["scores"] is not second["scores"]
+
+
+def test_a_soft_factor_never_multiplies_a_signed_score() -> None:
+    """A soft factor < 1 raises a negative score (slow nets would win): a proxy reward with soft targets is
+    refused up front, a negative reward at shaping; hard targets or trained top-1 are fine."""
+    space = ToySpace(n=2, k=11)
+    soft = AKDStrategy(space, constraint=Constraint(latency_ms_max=5.0, mode="soft"), costs=FakeCosts())
+    with pytest.raises(ConfigError, match="constraint.mode=hard"):
+        soft.check_search(budget=8, reward_kind="proxy:diswot")
+    soft.check_search(budget=8, reward_kind="kd")
+    AKDStrategy(space, constraint=Constraint(latency_ms_max=5.0, mode="hard"),
+                costs=FakeCosts()).check_search(budget=8, reward_kind="proxy:diswot")
+    with pytest.raises(ConfigError, match="negative reward"):
+        soft.tell([space.make({"d1": 10, "d2": 0})], [{"reward": -0.5}])
+
+
+def test_akd_reward_and_search_objective_must_agree() -> None:
+    ce = AKDStrategy(ToySpace(), reward="ce")
+    ce.check_search(budget=8, reward_kind="ce")
+    with pytest.raises(ConfigError, match="strategy.reward=ce but search.objective=kd"):
+        ce.check_search(budget=8, reward_kind="kd")
+    with pytest.raises(ConfigError, match="search.evaluator=train"):
+        ce.check_search(budget=8, reward_kind="proxy:diswot")
+    AKDStrategy(ToySpace()).check_search(budget=8, reward_kind="proxy:diswot")  # kd with a proxy: labelled proxy
+
+
 def test_state_dict_resume_continues_identically(tmp_path: Path) -> None:
     make = lambda: AKDStrategy(ToySpace(), hidden=16, archs_per_update=12, lr=0.01, seed=3)  # noqa: E731
     a = make()
@@ -184,11 +312,13 @@ def test_akd_reward_is_accuracy_times_the_latency_factor(latency: float, soft: f
     for constraint, factor in [(Constraint(latency_ms_max=5.0, mode="soft"), soft),
                                (Constraint(latency_ms_max=5.0, mode="soft", alpha=0.0, beta=-1.0), hard)]:
         akd = AKDStrategy(space, constraint=constraint, costs=FakeCosts(), archs_per_update=2, reward_scale=0.01)
-        result = {"reward": 70.0, "val_top1": 70.0}
-        akd.tell([arch], [result])
+        given = {"reward": 70.0, "val_top1": 70.0}
+        [result] = akd.tell([arch], [given])
+        assert given == {"reward": 70.0, "val_top1": 70.0}  # the caller's dict is not changed
         assert result["reward"] == pytest.approx(70.0 * factor) and result["accuracy"] == 70.0
         assert result["reward_factor"] == pytest.approx(factor) and result["reward_latency_ms"] == latency
-        assert result["reward_kind"] == "kd" and akd.buffer[-1][1] == pytest.approx(0.7 * factor)
+        assert akd.history[-1][1] == result and akd.buffer[-1][2] == pytest.approx(0.7 * factor)
+        assert akd.shape(arch, result) == {k: v for k, v in result.items() if k != "val_top1"}  # idempotent
 
 
 def test_hard_constraint_rejects_samples_and_teaches_the_policy() -> None:
@@ -197,10 +327,9 @@ def test_hard_constraint_rejects_samples_and_teaches_the_policy() -> None:
                       archs_per_update=1000, reward="ce")
     archs = akd.ask(16)
     assert len(archs) == 16 and all(FakeCosts()(a, ["params"])["params"] <= 4000 for a in archs)
-    assert akd.buffer and all(r == 0.0 for _, r in akd.buffer)  # the rejected draws, reward 0
-    results = [{"reward": 50.0} for _ in archs]
-    akd.tell(archs, results)
-    assert {r["reward_kind"] for r in results} == {"ce"} and all(r["reward_factor"] == 1.0 for r in results)
+    assert akd.buffer and all(r == 0.0 for _, _, r in akd.buffer)  # the rejected draws, reward 0
+    results = akd.tell(archs, [{"reward": 50.0} for _ in archs])
+    assert all(r["reward_factor"] == 1.0 and r["reward"] == 50.0 for r in results)
 
 
 @pytest.mark.parametrize("name, space", [("akd", "mbconv_akd"), ("kdas", "kdas_addon")])

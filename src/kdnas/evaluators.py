@@ -16,6 +16,7 @@ results (and a search's history) are those of in-process evaluation.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import multiprocessing
@@ -108,7 +109,8 @@ class CachedEvaluator:
 
     def evaluate(self, archs: Sequence[Arch]) -> list[dict[str, Any]]:
         """Results in the order of ``archs``; each miss is computed once (a repeat in ``archs`` is a hit) and
-        cached in that order as results arrive, so a rerun after a kill recomputes only what was not written."""
+        cached in that order as results arrive, so a rerun after a kill recomputes only what was not written.
+        Every position gets its own deep copy: no result aliases another or the cached one."""
         results = {a.arch_id: self.lookup(a) for a in archs}
         misses = [a for a in {a.arch_id: a for a in archs}.values() if results[a.arch_id] is None]
         for arch, result in zip(misses, self.compute(misses)):
@@ -118,7 +120,7 @@ class CachedEvaluator:
             results[arch.arch_id] = result
         self.misses += len(misses)
         self.hits += len(archs) - len(misses)
-        return [results[a.arch_id] for a in archs]
+        return [copy.deepcopy(results[a.arch_id]) for a in archs]
 
     def compute(self, archs: list[Arch]) -> Iterator[dict[str, Any]]:
         """``evaluate_one`` of each arch, in order: in-process (lazily, one at a time) or over the pool."""

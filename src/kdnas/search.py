@@ -57,8 +57,10 @@ class SearchSettings:
 
     budget: int = 64  # candidate evaluations
     batch: int = 8  # archs per ask/tell step
-    evaluator: str = "proxy"  # proxy (training-free, proxy=...) | train (short training per candidate)
-    objective: str = "kd"  # train evaluator: kd (distill=...) | ce
+    # proxy (training-free, proxy=...) | train (short training per candidate) | None: the strategy's default
+    # (train for akd and kdas, their papers' reward; proxy for the others)
+    evaluator: str | None = None
+    objective: str = "kd"  # train evaluator: kd (distill=...) | ce; the config follows strategy.reward where set
     trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
     top_k: int = 5  # archs listed in topk.json
     time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
@@ -69,8 +71,9 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.budget < 1 or self.batch < 1:
             raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
-        if self.evaluator not in ("proxy", "train"):
-            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train.")
+        if self.evaluator not in (None, "proxy", "train"):
+            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train (or null: the "
+                              "strategy's default).")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
                               "limit (search.budget alone ends the search).")
@@ -94,9 +97,13 @@ def ranked(strategy: Strategy, k: int | None = None) -> list[dict[str, Any]]:
 
 
 def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget: int, batch: int, config_hash: str,
-               resume: bool = True, top_k: int = 5, time_budget_s: float | None = None) -> dict[str, Any]:
+               resume: bool = True, top_k: int = 5, time_budget_s: float | None = None,
+               reward_kind: str | None = None) -> dict[str, Any]:
     """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps, seconds,
-    why it stopped)."""
+    why it stopped). ``reward_kind`` (what the evaluator measures: ``kd`` / ``ce`` training, ``proxy:<name>``) is
+    checked by the strategy and stamped on every result. The history holds the results as the strategy recorded
+    them (e.g. shaped by a constraint), which ``tell`` returns."""
+    strategy.check_search(budget=budget, reward_kind=reward_kind)
     ckpt_dir, history = run.path / "search_checkpoints", run.path / "history.jsonl"
     evaluated = step = 0
     seconds = 0.0  # the loop's wall-clock in earlier sessions (checkpointed)
@@ -132,7 +139,9 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
         if isinstance(getattr(evaluator, "positions", None), dict):
             evaluator.positions = {a.arch_id: f"{evaluated + i + 1}/{budget}" for i, a in enumerate(archs)}
         results = evaluator.evaluate(archs)
-        strategy.tell(archs, results)
+        if reward_kind is not None:
+            results = [{**r, "reward_kind": reward_kind} for r in results]
+        results = strategy.tell(archs, results) or results  # a plugin's tell may return nothing
         step += 1
         with open(history, "a") as f:
             for arch, result in zip(archs, results):
@@ -177,14 +186,20 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
     strategy = create_strategy(cfg.strategy, space, constraint=constraint_from_config(cfg.constraint), costs=costs,
                                seed=cfg.seed)
     with evaluation_pool(settings.executor, settings.workers, run.path / "submitit", settings.slurm) as pool:
-        if settings.evaluator == "proxy":
+        kind = settings.evaluator or strategy.default_evaluator
+        if settings.evaluator is None:
+            log.info("search.evaluator not set: strategy %s's default is %s", strategy.name,
+                     "train (candidates trained briefly, the paper's reward)" if kind == "train" else
+                     f"proxy (candidates scored by proxy={cfg.proxy.name})")
+        reward_kind = settings.objective if kind == "train" else f"proxy:{cfg.proxy.name}"
+        if kind == "proxy":
             evaluator: Any = proxy_evaluator(ctx, space)
         else:
             evaluator = train_evaluator(ctx, space, objective=settings.objective, trainer=settings.trainer,
                                         seed=cfg.seed, runs=run.sub("candidates"), costs=costs, pool=pool)
         summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
                              config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k,
-                             time_budget_s=settings.time_budget_s)
-    return {**summary, "space": space.name, "evaluator": settings.evaluator, "evaluator_fingerprint":
+                             time_budget_s=settings.time_budget_s, reward_kind=reward_kind)
+    return {**summary, "space": space.name, "evaluator": kind, "reward_kind": reward_kind, "evaluator_fingerprint":
             evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses,
             "aug_seed": getattr(evaluator, "aug_seed", None)}  # train evaluator: one per search

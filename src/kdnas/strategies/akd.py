@@ -3,23 +3,24 @@ Pearls are Everywhere but not the Eyes", CVPR 2020).
 
 The MnasNet search (Tan et al., CVPR 2019) with a KD-guided reward: an LSTM controller (one layer of 100
 units, as NASNet/MnasNet) samples a student from the factorised space (``space=mbconv_akd``), the search
-loop's train evaluator trains it for a few epochs on mini-train *with KD from the teacher* and reports
-mini-val top-1, and the policy (PPO by default, as MnasNet; ``algo=reinforce`` for ENAS's REINFORCE)
-maximises ``ACC * (LAT / T) ** w`` (MnasNet Eq. 2; soft ``w = -0.07``, hard ``alpha = 0, beta = -1``: the
-``constraint:`` group, LAT from the latency look-up table, or params/FLOPs targets instead).
+loop's train evaluator (the default for this strategy: ``search.evaluator`` unset means ``train``) trains it
+for a few epochs on mini-train *with KD from the teacher* and reports mini-val top-1, and the policy (PPO by
+default, as MnasNet; ``algo=reinforce`` for ENAS's REINFORCE) maximises ``ACC * (LAT / T) ** w`` (MnasNet
+Eq. 2; soft ``w = -0.07``, hard ``alpha = 0, beta = -1``: the ``constraint:`` group, LAT from the latency
+look-up table, or params/FLOPs targets instead).
 
-``reward=ce`` is the NAS baseline of the paper (NASNet-style search without the teacher): the strategy
-is the same, ``conf/strategy/akd.yaml`` points ``search.objective`` at ``strategy.reward`` so that the
-evaluator trains candidates with cross-entropy alone. Each result is stamped with ``reward_kind``.
+``reward`` is the one key that says how candidates are trained: ``kd`` (AKD) or ``ce``, the paper's NAS
+baseline (NASNet-style search without the teacher). ``search.objective`` follows it (``conf/search/default.yaml``
+reads ``strategy.reward``); setting both to different values is a ConfigError (:meth:`check_reward_kind`), as is
+``reward=ce`` with a proxy evaluator. The history's ``reward_kind`` is what the evaluator measured (written by
+the search loop), not this key.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from kdnas.errors import ConfigError
-from kdnas.spaces.base import Arch
 from kdnas.strategies.base import register_strategy
 from kdnas.strategies.controllers import PolicyStrategy
 
@@ -34,7 +35,15 @@ class AKDStrategy(PolicyStrategy):
             raise ConfigError(f"strategy.reward={reward!r} is not one of {', '.join(REWARDS)} (kd: AKD, ce: the NAS "
                               "baseline without a teacher).")
         super().__init__(space, algo=algo, hidden=hidden, **kwargs)
-        self.reward_kind = reward
+        self.objective = reward
 
-    def shape(self, arch: Arch, result: Mapping[str, Any]) -> dict[str, Any]:
-        return {**super().shape(arch, result), "reward_kind": self.reward_kind}
+    def check_reward_kind(self, kind: str) -> None:
+        if kind in REWARDS and kind != self.objective:
+            raise ConfigError(f"strategy.reward={self.objective} but search.objective={kind}: the two keys disagree on "
+                              "how candidates are trained. Set strategy.reward alone (search.objective follows it), "
+                              f"e.g. strategy.reward={kind}.")
+        if kind not in REWARDS and self.objective == "ce":
+            raise ConfigError(f"strategy.reward=ce trains candidates with cross-entropy, but search.evaluator=proxy "
+                              f"scores them with {kind}. Use search.evaluator=train (the default for strategy=akd), or "
+                              "drop strategy.reward=ce.")
+        super().check_reward_kind(kind)

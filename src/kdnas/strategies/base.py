@@ -2,7 +2,8 @@
 strategy registry.
 
     archs = strategy.ask(n)           # up to n new, constraint-satisfying, never-proposed archs
-    strategy.tell(archs, results)     # results in ask order; each a dict with a float ``reward``
+    recorded = strategy.tell(archs, results)  # results in ask order, each a dict with a float ``reward``;
+                                      # returns the results as recorded (new dicts: the caller's are not changed)
     state = strategy.state_dict()     # JSON-able (tensors allowed), taken after tell
     strategy.load_state_dict(state)   # a fresh strategy continues exactly where that one was
 
@@ -14,8 +15,10 @@ uninterrupted trajectory.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
+import logging
 import math
 import pkgutil
 import random
@@ -30,6 +33,8 @@ from kdnas.spaces.constraints import Constraint, sample_valid
 from kdnas.spaces.costs import CostModel
 from kdnas.utils import derive_seed
 
+log = logging.getLogger("kdnas")
+
 
 def reward_key(result: Mapping[str, Any]) -> float:
     """The reward as a sort key: NaN (a failed proxy) ranks below everything."""
@@ -42,6 +47,7 @@ class Strategy:
     constraint check, and a seeded RNG."""
 
     name = ""
+    default_evaluator = "proxy"  # what search.evaluator=null means for this strategy (proxy | train)
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
                  seed: int = 0, max_tries: int = 200) -> None:
@@ -56,15 +62,36 @@ class Strategy:
     def ask(self, n: int) -> list[Arch]:
         raise NotImplementedError
 
-    def tell(self, archs: Sequence[Arch], results: Sequence[Mapping[str, Any]]) -> None:
+    def tell(self, archs: Sequence[Arch], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """File each result (as :meth:`record` makes it) and return them as recorded, for the loop's history. The
+        caller's dicts are never changed, and no two results share an object (a repeated arch, served twice by
+        the evaluator's cache, must not be shaped twice)."""
         if len(archs) != len(results):
             raise ValueError(f"tell: {len(archs)} archs but {len(results)} results")
+        recorded = []
         for arch, result in zip(archs, results):
-            self.history.append((arch, dict(result)))
-            self.on_result(arch, dict(result))
+            entry = self.record(arch, result)
+            self.history.append((arch, entry))
+            self.on_result(arch, entry)
+            recorded.append(copy.deepcopy(entry))
+        return recorded
+
+    def record(self, arch: Arch, result: Mapping[str, Any]) -> dict[str, Any]:
+        """The result as this strategy files and ranks it: a deep copy (a subclass adds its reward shaping)."""
+        return copy.deepcopy(dict(result))
 
     def on_result(self, arch: Arch, result: dict[str, Any]) -> None:
         """Subclass hook, called once per told arch in ask order."""
+
+    def check_search(self, *, budget: int, reward_kind: str | None = None) -> None:
+        """Called by the search loop before it starts, with its budget and what the evaluator measures
+        (``kd`` / ``ce``: trained top-1; ``proxy:<name>``): raise ConfigError for a combination this strategy
+        cannot rank, warn about a wasteful one."""
+        if reward_kind is not None:
+            self.check_reward_kind(reward_kind)
+
+    def check_reward_kind(self, kind: str) -> None:
+        """Raise ConfigError when this strategy cannot rank rewards of ``kind``; every kind is fine by default."""
 
     def best(self) -> tuple[Arch, dict[str, Any]] | None:
         return max(self.history, key=lambda h: reward_key(h[1]), default=None)

@@ -22,6 +22,13 @@ baseline ``b <- decay * b + (1 - decay) * R`` updated before ``A = R - b``, loss
 skip_weight * KL``) and :class:`PPO` (Schulman et al. 2017, clipped surrogate, as MnasNet, Tan et al.
 CVPR 2019: several epochs over each batch of sampled archs, entropy bonus in the loss). Both use Adam with
 ENAS's ``beta1 = 0, eps = 1e-3``; the baseline starts at the first reward (ENAS: 0).
+
+Off-policy samples: each sample's log-probability under the policy that drew it is stored when it is drawn
+(``ask``). With ``search.batch`` > ``strategy.archs_per_update`` a batch is told across several updates, so its
+later samples come from an older policy: PPO's ratio is taken against the stored log-probability (as PPO
+defines it), and REINFORCE weights each sample by ``p_now(a) / p_sampled(a)`` (importance sampling; 1 for an
+on-policy sample, so ENAS's update is unchanged there). Each update records ``off_policy``, the fraction of
+its samples that an earlier policy drew.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical
 
-from kdnas.errors import ConfigError, ConstraintError
+from kdnas.errors import CheckpointError, ConfigError, ConstraintError
 from kdnas.spaces.base import Arch, Decision, SearchSpace
 from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import CostModel
@@ -219,8 +226,17 @@ class PolicyLearner:
         loss.backward()
         self.optimizer.step()
 
-    def update(self, actions: Tensor, rewards: Sequence[float]) -> dict[str, float]:
+    def update(self, actions: Tensor, sampled_log_prob: Tensor, rewards: Sequence[float]) -> dict[str, float]:
+        """One update on B samples: option indices [B, C], their log-probabilities under the policy that drew
+        them [B], and their rewards."""
         raise NotImplementedError
+
+    @staticmethod
+    def stats(roll: Rollout, ratio: Tensor, loss: Tensor) -> dict[str, float]:
+        """What an update reports; ``off_policy``: the share of samples an earlier policy drew (ratio != 1)."""
+        return {"loss": loss.item(), "entropy": roll.entropy.mean().item(), "skip_kl": roll.skip_kl.mean().item(),
+                "ratio_min": ratio.min().item(), "ratio_max": ratio.max().item(),
+                "off_policy": ((ratio - 1).abs() > 1e-4).float().mean().item()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "baseline": self.baseline}
@@ -231,37 +247,43 @@ class PolicyLearner:
 
 
 class Reinforce(PolicyLearner):
-    """ENAS REINFORCE: ``loss = mean_k -log p(a_k) (R_k + w_H H_k - b) + w_skip mean_k KL_k``, one Adam step."""
+    """ENAS REINFORCE, importance-weighted: ``loss = -mean_k rho_k (R_k + w_H H_k - b) + w_skip mean_k KL_k``
+    with ``rho_k = p_now(a_k) / p_sampled(a_k)``, one Adam step. Its gradient is ``-mean_k rho_k A_k grad log
+    p(a_k)``: ENAS's ``-log p * A`` for on-policy samples (rho = 1), the unbiased importance-sampled gradient for
+    samples an earlier policy drew (a batch told across updates; kept rather than dropped, as each costs a
+    candidate training)."""
 
-    def update(self, actions: Tensor, rewards: Sequence[float]) -> dict[str, float]:
+    def update(self, actions: Tensor, sampled_log_prob: Tensor, rewards: Sequence[float]) -> dict[str, float]:
         roll = self.controller(actions=actions)
+        ratio = torch.exp(roll.log_prob - sampled_log_prob)
         bonus = self.entropy_weight * roll.entropy.detach()
         adv = self.advantages((torch.tensor(rewards) + bonus).tolist())
-        loss = -(roll.log_prob * adv).mean() + self.skip_weight * roll.skip_kl.mean()
+        loss = -(ratio * adv).mean() + self.skip_weight * roll.skip_kl.mean()
         self.step(loss)
-        return {"loss": loss.item(), "entropy": roll.entropy.mean().item(), "skip_kl": roll.skip_kl.mean().item()}
+        return self.stats(roll, ratio.detach(), loss)
 
 
 class PPO(PolicyLearner):
     """PPO-clip: ``epochs`` Adam steps on ``-mean min(rho A, clip(rho, 1 +- clip) A) - w_H mean H + w_skip
-    mean KL`` with ``rho = p_new(a) / p_old(a)`` and ``A = R - b``."""
+    mean KL`` with ``rho = p_new(a) / p_old(a)``, ``p_old`` the policy that drew ``a`` (stored at sampling), and
+    ``A = R - b``. The reported ratio and ``off_policy`` are those of the first epoch, before any step."""
 
     def __init__(self, controller: LSTMController, clip: float = 0.2, epochs: int = 4, **kwargs: Any) -> None:
         super().__init__(controller, **kwargs)
         self.clip, self.epochs = clip, epochs
 
-    def update(self, actions: Tensor, rewards: Sequence[float]) -> dict[str, float]:
-        with torch.no_grad():
-            old = self.controller(actions=actions).log_prob
+    def update(self, actions: Tensor, sampled_log_prob: Tensor, rewards: Sequence[float]) -> dict[str, float]:
         adv = self.advantages(rewards)
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
             roll = self.controller(actions=actions)
-            ratio = torch.exp(roll.log_prob - old)
+            ratio = torch.exp(roll.log_prob - sampled_log_prob)
             surrogate = torch.minimum(ratio * adv, ratio.clamp(1 - self.clip, 1 + self.clip) * adv)
             loss = (-surrogate.mean() - self.entropy_weight * roll.entropy.mean()
                     + self.skip_weight * roll.skip_kl.mean())
+            if epoch == 0:
+                stats = self.stats(roll, ratio.detach(), loss)
             self.step(loss)
-        return {"loss": loss.item(), "entropy": roll.entropy.mean().item(), "skip_kl": roll.skip_kl.mean().item()}
+        return stats
 
 
 LEARNERS: dict[str, type[PolicyLearner]] = {"reinforce": Reinforce, "ppo": PPO}
@@ -273,12 +295,19 @@ class PolicyStrategy(Strategy):
     rewards, fed to it times ``reward_scale`` (0.01 turns a top-1 in percent into ENAS's [0, 1] accuracy, the
     scale its entropy and skip weights are tuned for).
 
-    ``tell`` rewrites ``reward`` in the caller's result dicts (the evaluator's value is kept as ``accuracy``,
-    the factor as ``reward_factor``), so the loop's history and best arch rank by the shaped reward. Under a
-    hard constraint, samples over the limit are redrawn (never evaluated) and enter the next update with
-    ``reject_reward``, so the policy learns the limit. Repeated archs are proposed again (policy gradients
-    need on-policy samples; the evaluator's cache makes them free).
+    ``tell`` records and returns new result dicts (the caller's are never changed): ``reward`` shaped, the
+    evaluator's value kept as ``accuracy``, the factor as ``reward_factor``, so the loop's history and best arch
+    rank by the shaped reward. Shaping is idempotent (a shaped result shapes to itself), so a repeated arch,
+    whose results the evaluator's cache serves again, is shaped once. The factor multiplies a non-negative
+    reward (a top-1): a negative reward with a factor other than 1 is refused (:meth:`check_reward_kind`
+    refuses proxy scores under soft targets up front). Under a hard constraint, samples over the limit are
+    redrawn (never evaluated) and enter the next update with ``reject_reward``, so the policy learns the limit.
+    Repeated archs are proposed again (policy gradients need samples of the current policy; the evaluator's
+    cache makes them free). Each sample's log-probability is stored when it is drawn, for the off-policy
+    correction of the learners (see the module docstring).
     """
+
+    default_evaluator = "train"  # a policy learns from trained top-1 (AKD, KDAS); search.evaluator=proxy opts out
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
                  seed: int = 0, max_tries: int = 200, algo: str = "reinforce", hidden: int = 64,
@@ -300,7 +329,9 @@ class PolicyStrategy(Strategy):
         self.algo, self.archs_per_update = algo, archs_per_update
         self.reward_scale, self.reject_reward = reward_scale, reject_reward
         self.generator = torch.Generator().manual_seed(derive_seed(seed, "strategy", self.name, "sampling"))
-        self.buffer: list[tuple[list[int], float]] = []  # (actions, policy reward) awaiting the next update
+        # (actions, log-prob when drawn, policy reward) awaiting the next update
+        self.buffer: list[tuple[list[int], float, float]] = []
+        self.pending: dict[str, tuple[list[int], float]] = {}  # asked, not yet told: arch_id -> (actions, log-prob)
         self.updates: list[dict[str, float]] = []
         self.build_policy()
 
@@ -321,40 +352,71 @@ class PolicyStrategy(Strategy):
                                       f"{self.space.name!r} meeting the constraint in {self.max_tries} batch draws. "
                                       "Raise the limit, use constraint.mode=soft, or raise strategy.max_tries.")
             with torch.no_grad():
-                actions = self.controller(batch=n - len(out), generator=self.generator).actions
-            for row, choice in zip(actions.tolist(), self.controller.choices(actions)):
+                roll = self.controller(batch=n - len(out), generator=self.generator)
+            for row, log_prob, choice in zip(roll.actions.tolist(), roll.log_prob.tolist(),
+                                             self.controller.choices(roll.actions)):
                 arch = self.space.make(choice)
                 if self.valid(arch):
                     out.append(self.propose(arch))
+                    self.pending[arch.arch_id] = (row, log_prob)  # a repeat in one draw: the same row and policy
                 else:
-                    self.buffer.append((row, self.reject_reward))
+                    self.buffer.append((row, log_prob, self.reject_reward))
         return out
 
+    def check_reward_kind(self, kind: str) -> None:
+        if kind.startswith("proxy:") and self.constraint.mode == "soft" and self.constraint.targets:
+            targets = ", ".join(f"constraint.{k}" for k in self.constraint.targets_by_key())
+            raise ConfigError(
+                f"strategy={self.name} with a soft constraint ({targets}, constraint.mode=soft) multiplies each "
+                "reward by (cost / target) ** w, which penalises cost only for a non-negative reward such as a trained "
+                f"top-1, but search.evaluator=proxy rewards the {kind} score, whose sign and offset are arbitrary (a "
+                "negative DisWOT score times a factor < 1 rises, so slow nets would win). Train the candidates "
+                "(search.evaluator=train, the paper's reward), or reject over-limit candidates with "
+                "constraint.mode=hard.")
+
     def shape(self, arch: Arch, result: Mapping[str, Any]) -> dict[str, Any]:
-        """``reward = accuracy * prod_c (cost_c / T_c) ** w_c`` over the constraint's targets (factor 1 without)."""
-        accuracy = float(result["reward"])
+        """``reward = accuracy * prod_c (cost_c / T_c) ** w_c`` over the constraint's targets (factor 1 without);
+        ``accuracy`` is the evaluator's reward, read back from an already shaped result (idempotent)."""
+        accuracy = float(result["accuracy"] if "reward_factor" in result else result["reward"])
         costs = self.costs(arch, list(self.constraint.targets)) if self.constraint.targets else {}
         factor = self.constraint.soft_factor(costs)
+        if accuracy < 0 and factor != 1:
+            raise ConfigError(f"strategy={self.name} got a negative reward {accuracy:.6g} for arch {arch.arch_id} "
+                              "under a soft constraint: the cost factor would raise it. Soft targets need a "
+                              "non-negative reward (a trained top-1); use constraint.mode=hard with a signed score.")
         return {"accuracy": accuracy, "reward_factor": factor, "reward": accuracy * factor,
                 **{f"reward_{k}": v for k, v in costs.items()}}
 
-    def tell(self, archs: Sequence[Arch], results: Sequence[dict[str, Any]]) -> None:
-        for arch, result in zip(archs, results):
-            result.update(self.shape(arch, result))
-        super().tell(archs, results)
+    def record(self, arch: Arch, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().record(arch, result), **self.shape(arch, result)}
+
+    def tell(self, archs: Sequence[Arch], results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        recorded = super().tell(archs, results)
+        for arch in archs:
+            self.pending.pop(arch.arch_id, None)
+        return recorded
+
+    def drawn(self, arch: Arch) -> tuple[list[int], float]:
+        """The arch's actions and their log-probability when drawn; an arch this controller never proposed (told
+        directly, e.g. in a replay) is scored under the current policy."""
+        if arch.arch_id in self.pending:
+            return self.pending[arch.arch_id]
+        actions = self.controller.actions([arch.decisions])
+        with torch.no_grad():
+            return actions[0].tolist(), self.controller(actions=actions).log_prob.item()
 
     def on_result(self, arch: Arch, result: dict[str, Any]) -> None:
         r = result["reward"]
-        self.buffer.append((self.controller.actions([arch.decisions])[0].tolist(),
-                            self.reject_reward if math.isnan(r) else self.reward_scale * r))
+        row, log_prob = self.drawn(arch)
+        self.buffer.append((row, log_prob, self.reject_reward if math.isnan(r) else self.reward_scale * r))
         if len(self.buffer) >= self.archs_per_update:
             self.update_policy()
 
     def update_policy(self) -> None:
-        actions = torch.tensor([a for a, _ in self.buffer], dtype=torch.long)
-        stats = self.learner.update(actions, [r for _, r in self.buffer])
-        stats.update(step=len(self.updates), reward_mean=sum(r for _, r in self.buffer) / len(self.buffer),
-                     baseline=self.learner.baseline)
+        actions = torch.tensor([a for a, _, _ in self.buffer], dtype=torch.long)
+        rewards = [r for _, _, r in self.buffer]
+        stats = self.learner.update(actions, torch.tensor([p for _, p, _ in self.buffer]), rewards)
+        stats.update(step=len(self.updates), reward_mean=sum(rewards) / len(rewards), baseline=self.learner.baseline)
         self.updates.append(stats)
         self.buffer.clear()
 
@@ -362,12 +424,18 @@ class PolicyStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "controller": self.controller.state_dict(),
                 "learner": self.learner.state_dict(), "generator": self.generator.get_state(),
-                "buffer": [[a, r] for a, r in self.buffer], "updates": self.updates}
+                "buffer": [list(b) for b in self.buffer], "updates": self.updates,
+                "pending": {k: list(v) for k, v in self.pending.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if any(len(b) != 3 for b in state["buffer"]) or "pending" not in state:
+            raise CheckpointError(f"This {self.name} search state was written by an older kdnas that did not store "
+                                  "sampling log-probabilities; it cannot resume exactly. Start a new run folder, or "
+                                  "pass resume=false.")
         super().load_state_dict(state)
         self.controller.load_state_dict(state["controller"])
         self.learner.load_state_dict(state["learner"])
         self.generator.set_state(state["generator"])
-        self.buffer = [(list(a), float(r)) for a, r in state["buffer"]]
+        self.buffer = [(list(a), float(p), float(r)) for a, p, r in state["buffer"]]
+        self.pending = {k: (list(a), float(p)) for k, (a, p) in state["pending"].items()}
         self.updates = [dict(u) for u in state["updates"]]

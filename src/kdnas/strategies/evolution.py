@@ -19,7 +19,7 @@ from typing import Any
 
 from kdnas.errors import ConfigError
 from kdnas.spaces.base import Arch
-from kdnas.strategies.base import Strategy, register_strategy, reward_key
+from kdnas.strategies.base import Strategy, log, register_strategy, reward_key
 
 VARIANTS = ("diswot", "aging")
 
@@ -57,6 +57,14 @@ class EvolutionStrategy(Strategy):
             if child.arch_id not in self.seen and self.valid(child):
                 return self.propose(child)
         return self.sample_new()
+
+    def check_search(self, *, budget: int, reward_kind: str | None = None) -> None:
+        super().check_search(budget=budget, reward_kind=reward_kind)
+        if budget <= self.population_size:
+            log.warning("search.budget=%d <= strategy.population=%d: the search ends while the population is still "
+                        "being filled with random archs, so no child is ever bred (this is a random search). Raise "
+                        "search.budget above the population, or lower strategy.population.", budget,
+                        self.population_size)
 
     def on_result(self, arch: Arch, result: dict[str, Any]) -> None:
         self.population.append((arch, result))
