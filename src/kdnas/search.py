@@ -4,7 +4,7 @@
         archs = strategy.ask(n)
         results = evaluator.evaluate(archs)        # cached by (arch_id, evaluator fingerprint)
         strategy.tell(archs, results)
-        checkpoint(strategy.state_dict(), history) # atomically, every step
+        checkpoint(strategy.state_dict(), history) # atomically, every search.checkpoint_every_s and at the end
 
 ``search.budget`` counts candidate evaluations (cache hits included), ``search.batch`` archs per step.
 ``search.time_budget_s`` (optional) also stops the loop: no new batch is asked once the search's own wall-clock
@@ -13,7 +13,10 @@ needs, but such a search is not bit-reproducible: how many candidates fit depend
 summary records ``seconds`` and ``stopped_by`` (``budget``: evaluation budget reached, ``time``: time budget
 reached, ``space``: no unseen valid arch left).
 A killed search rerun in the same folder restores the last checkpoint (strategy state with its RNG),
-truncates ``history.jsonl`` to it and continues: it ends with the uninterrupted run's result.
+truncates ``history.jsonl`` to it and continues: it ends with the uninterrupted run's result. The steps after the
+last checkpoint are replayed (their evaluations are cache hits), so checkpointing every ``search.checkpoint_every_s``
+(30 s) instead of every step keeps resuming exact; a checkpoint per step, which holds the whole history, made a
+long proxy search quadratic.
 
 Candidates are evaluated in-process, or ``search.workers`` at a time in worker processes or submitit jobs
 (``search.executor``, :class:`kdnas.evaluators.Pool`; training evaluator only: a proxy score takes
@@ -64,6 +67,7 @@ class SearchSettings:
     trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
     top_k: int = 5  # archs listed in topk.json
     time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
+    checkpoint_every_s: float = 30.0  # seconds between the loop's checkpoints (one at the end too); 0: every step
     executor: str = "local"  # train evaluator: local | processes | submitit_local | submitit_slurm
     workers: int = 1  # candidates evaluated at once (executor != local)
     slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.evaluators.SlurmSettings
@@ -77,6 +81,9 @@ class SearchSettings:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
                               "limit (search.budget alone ends the search).")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"search.checkpoint_every_s={self.checkpoint_every_s} must be >= 0 seconds (0: a "
+                              "checkpoint after every step).")
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
@@ -98,7 +105,7 @@ def ranked(strategy: Strategy, k: int | None = None) -> list[dict[str, Any]]:
 
 def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget: int, batch: int, config_hash: str,
                resume: bool = True, top_k: int = 5, time_budget_s: float | None = None,
-               reward_kind: str | None = None) -> dict[str, Any]:
+               reward_kind: str | None = None, checkpoint_every_s: float = 30.0) -> dict[str, Any]:
     """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps, seconds,
     why it stopped). ``reward_kind`` (what the evaluator measures: ``kd`` / ``ce`` training, ``proxy:<name>``) is
     checked by the strategy and stamped on every result. The history holds the results as the strategy recorded
@@ -124,6 +131,17 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
     def elapsed() -> float:
         return seconds + time.perf_counter() - start
 
+    def checkpoint() -> None:
+        """The strategy (with its RNG), counts and seconds; a rerun replays the steps after it from the cache."""
+        nonlocal saved_at, saved_step
+        save_checkpoint(ckpt_dir, f"step_{step:05d}", model_state={},
+                        state={"strategy": strategy.state_dict(), "evaluated": evaluated, "step": step,
+                               "seconds": elapsed()},
+                        meta={"config_hash": config_hash, "evaluated": evaluated})
+        saved_at, saved_step = time.perf_counter(), step
+
+    saved_at, saved_step = start, step
+
     # a bar on a terminal; its ETA in the step lines
     progress = Progress(f"search {strategy.name}", budget, unit="candidate", done=evaluated, lines=False, leave=True)
     while evaluated < budget:
@@ -148,16 +166,16 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
                 f.write(json.dumps({"schema_version": SCHEMA_VERSION, "step": step, "arch_id": arch.arch_id,
                                     "arch": arch.decisions, **result}) + "\n")
         evaluated += len(archs)
-        save_checkpoint(ckpt_dir, f"step_{step:05d}", model_state={},
-                        state={"strategy": strategy.state_dict(), "evaluated": evaluated, "step": step,
-                               "seconds": elapsed()},
-                        meta={"config_hash": config_hash, "evaluated": evaluated})
+        if time.perf_counter() - saved_at >= checkpoint_every_s:
+            checkpoint()
         best = strategy.best()
         progress.update(len(archs), extra=f"best {best[1]['reward']:.4g}")
         log.info("search %s step %d: %d/%d evaluated, best reward %.6g (%s), %s elapsed, ETA %s", strategy.name, step,
                  evaluated, budget, best[1]["reward"], best[0].arch_id, duration(progress.elapsed()),
                  duration(progress.eta()))
     progress.close()
+    if step > saved_step:
+        checkpoint()  # the end state: a rerun of a finished search asks nothing
     top = ranked(strategy, top_k)
     if not top:
         raise ConfigError("The search evaluated no architecture: raise search.budget or search.time_budget_s, or check "
@@ -199,7 +217,8 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
                                         seed=cfg.seed, runs=run.sub("candidates"), costs=costs, pool=pool)
         summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
                              config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k,
-                             time_budget_s=settings.time_budget_s, reward_kind=reward_kind)
+                             time_budget_s=settings.time_budget_s,
+                             checkpoint_every_s=settings.checkpoint_every_s, reward_kind=reward_kind)
     return {**summary, "space": space.name, "evaluator": kind, "reward_kind": reward_kind, "evaluator_fingerprint":
             evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses,
             "aug_seed": getattr(evaluator, "aug_seed", None)}  # train evaluator: one per search
