@@ -3,7 +3,10 @@ NASWOT, SynFlow's sign, one shared pass for all proxies, teacher statistics comp
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import random
 from pathlib import Path
 
 import pytest
@@ -11,12 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.data import Batch
+from kdnas.config import DataConfig, ModelConfig
+from kdnas.context import build_model
+from kdnas.data import Batch, build_data
 from kdnas.distill.functional import fc_grad, semantic_class, semantic_official
-from kdnas.evaluators import ProxyEvaluator, ProxySettings
+from kdnas.errors import ConfigError
+from kdnas.evaluators import RESULTS_VERSION, ProxyEvaluator, ProxySettings, proxy_batches
 from kdnas.models import FeatureNet, Features, create_model
 from kdnas.proxies import compute_proxies, list_proxies, teacher_stats
 from kdnas.spaces import create_space
+from kdnas.utils import derive_seed
 
 
 def _batch(n: int = 16, classes: int = 10, seed: int = 0) -> Batch:
@@ -57,13 +64,77 @@ def test_class_form_is_invariant_to_channel_permutations_and_used_across_widths(
     assert torch.allclose(g_perm, g[:, perm])
     assert semantic_class(g_perm, g_t).item() == pytest.approx(semantic_class(g, g_t).item(), rel=1e-5)
     assert semantic_official(g_perm, g_t).item() != pytest.approx(semantic_official(g, g_t).item(), rel=1e-3)
-    # resnet8x4 ends with 256 channels, resnet20 with 64: the official form cannot pair them -> class form
+    # resnet8x4 ends with 256 channels, resnet20 with 64: the class form scores it; the official one refuses
+    # (never a silent per-candidate switch of formula)
     wide, teacher = _net("resnet8x4", 3).train(), _net("resnet20", 2).train()
-    stats = teacher_stats(teacher, batch, semantic="official")
+    stats = teacher_stats(teacher, batch, semantic="class")
     score = compute_proxies(wide, batch, ["diswot_semantic"], stats)["diswot_semantic"]
     f = wide.forward_features(batch.x)
     assert score == pytest.approx(semantic_class(fc_grad(f.embedding, f.logits, batch.y), stats.fc_grad).item(),
                                   rel=1e-4)
+    with pytest.raises(ValueError, match="semantic_official"):
+        compute_proxies(wide, batch, ["diswot_semantic"], teacher_stats(teacher, batch, semantic="official"))
+
+
+@pytest.mark.parametrize("name", ["resnet_cifar", "resnet_cifar_large", "mbconv_akd", "mbconv_cream", "nb201",
+                                  "kdas_addon"])
+def test_final_widths_are_the_built_classifier_widths(name: str) -> None:
+    space = create_space(name)
+    rng = random.Random(0)
+    built = set()
+    with torch.device("meta"):
+        for arch in [space.sample(rng) for _ in range(6)]:
+            built.add(space.build(arch, 10).classifier.in_features)
+    assert built <= space.final_widths()
+    if name == "resnet_cifar_large":  # every (width multiplier, block) pair: exactly the analytic set
+        base = space.sample(rng).decisions
+        with torch.device("meta"):
+            widths = {space.build(space.make({**base, "width3": m, "block3": b}), 10).classifier.in_features
+                      for m in space.WIDTH_MULTS for b in space.BLOCK_TYPES}
+        assert widths == space.final_widths() and 64 in widths and len(widths) > 1
+
+
+def _resnet20() -> nn.Module:
+    return _net("resnet20", 2).train()
+
+
+def _evaluator(space_name: str, tmp_path: Path, semantic: str = "auto", width: int | None = 64) -> ProxyEvaluator:
+    return ProxyEvaluator(create_space(space_name), [_batch(16)], ProxySettings(semantic=semantic),
+                          names=["diswot_semantic"], teacher=_resnet20, teacher_identity="resnet20", num_classes=10,
+                          seed=0, cache_dir=tmp_path, teacher_width=width)
+
+
+def test_one_semantic_form_per_search_whatever_a_candidate_s_width(tmp_path: Path) -> None:
+    """resnet_cifar_large with a resnet20 teacher: a candidate that happens to end with the teacher's 64
+    channels is scored with the same (class) formula as one ending with 48, not the official one."""
+    evaluator = _evaluator("resnet_cifar_large", tmp_path)
+    space = evaluator.space
+    base = {f"{k}{i}": v for i in (1, 2, 3) for k, v in (("block", "basic"), ("kernel", 3), ("width", 0.5),
+                                                          ("depth", 1))}
+    matched, narrower = (space.make({**base, "width3": m}) for m in (1.0, 0.75))
+    teacher = teacher_stats(_resnet20(), evaluator.batches[0], semantic="class")
+    results = evaluator.evaluate([matched, narrower])
+    assert evaluator.semantic_form == "class"
+    for arch, result in zip((matched, narrower), results):
+        net = evaluator.build(arch)
+        f = net.forward_features(evaluator.batches[0].x)
+        expected = semantic_class(fc_grad(f.embedding, f.logits, evaluator.batches[0].y), teacher.fc_grad).item()
+        assert result["scores"]["diswot_semantic"] == pytest.approx(expected, rel=1e-4)
+        assert result["semantic_form"] == "class"
+    assert net.classifier.in_features == 48 and evaluator.build(matched).classifier.in_features == 64
+
+
+def test_semantic_form_auto_official_and_refused(tmp_path: Path) -> None:
+    uniform = _evaluator("resnet_cifar", tmp_path)  # every arch ends with 64 channels, as resnet20
+    assert uniform.semantic_form == "official" and uniform.identity["semantic_form"] == "official"
+    forced = _evaluator("resnet_cifar", tmp_path, semantic="class")
+    assert forced.semantic_form == "class" and forced.fingerprint != uniform.fingerprint  # part of the cache key
+    built = _evaluator("resnet_cifar", tmp_path, width=None)  # the width read from the teacher itself
+    assert built.semantic_form == "official" and built.fingerprint == uniform.fingerprint
+    with pytest.raises(ConfigError, match="proxy.semantic=official"):
+        _evaluator("resnet_cifar_large", tmp_path, semantic="official")
+    with pytest.raises(ConfigError, match="proxy.semantic=official"):  # resnet_cifar ends at 64, teacher at 32
+        _evaluator("resnet_cifar", tmp_path, semantic="official", width=32)
 
 
 class TwoUnits(FeatureNet):
@@ -113,7 +184,7 @@ def test_teacher_statistics_are_computed_once_per_search(tmp_path: Path, combine
     settings = ProxySettings(combine=combine, rank_reference=4)
     batches = [_batch(8, seed=0), _batch(8, seed=1)]
     evaluator = ProxyEvaluator(space, batches, settings, names=["params"], teacher=make_teacher,
-                               teacher_identity="test", num_classes=10, seed=0, cache_dir=tmp_path)
+                               teacher_identity="test", num_classes=10, seed=0, cache_dir=tmp_path, teacher_width=64)
     archs = list(space.enumerate())[:3]
     first = evaluator.evaluate(archs[:2]) + evaluator.evaluate(archs[2:])
     assert len(builds) == 1 and len(forwards) == len(batches)
@@ -121,5 +192,64 @@ def test_teacher_statistics_are_computed_once_per_search(tmp_path: Path, combine
     if combine == "rank":
         assert all(0.0 <= r["reward"] <= 1.0 for r in first)
     again = ProxyEvaluator(space, batches, settings, names=["params"], teacher=make_teacher, teacher_identity="test",
-                           num_classes=10, seed=0, cache_dir=tmp_path)
+                           num_classes=10, seed=0, cache_dir=tmp_path, teacher_width=64)
     assert again.evaluate(archs) == first and again.hits == 3 and len(builds) == 1  # cached: no teacher at all
+
+
+# -- results version: a proxy's output may change only with a bump of RESULTS_VERSION["proxy"] --------------
+
+GOLDEN = Path(__file__).parent / "data" / "proxy_golden.json"
+GOLDEN_ARCHS = [(1, 1, 1), (3, 3, 3), (1, 5, 3)]  # resnet_cifar depths
+
+
+def _golden_scores(cache: Path) -> dict[str, dict[str, float]]:
+    """Every registered proxy on 3 fixed resnet_cifar archs, on the bundled data's fixed proxy batch, against the
+    random resnet20 teacher a search builds (proxy.teacher_state=random), through the search's evaluator."""
+    data = build_data(DataConfig(max_train_per_class=20, max_test_per_class=10), cache / "data", cache)
+    settings = ProxySettings(batch_size=16)
+    space = create_space("resnet_cifar")
+
+    def teacher() -> nn.Module:
+        return build_model(ModelConfig(name="resnet20"), data.num_classes, derive_seed(0, "proxy-teacher")).train()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluator = ProxyEvaluator(space, proxy_batches(data, settings, 0, torch.device("cpu")), settings,
+                                   names=list_proxies(), teacher=teacher, teacher_identity="golden",
+                                   num_classes=data.num_classes, seed=0, cache_dir=cache / "golden-evals")
+        archs = [space.make({f"depth{i + 1}": d for i, d in enumerate(depths)}) for depths in GOLDEN_ARCHS]
+        return {"-".join(map(str, depths)): r["scores"] for depths, r in zip(GOLDEN_ARCHS, evaluator.evaluate(archs))}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_proxy_scores_change_only_with_a_results_version_bump(tmp_path: Path) -> None:
+    """Cached proxy results are keyed on RESULTS_VERSION["proxy"]: if this fails, a change altered the scores, so
+    bump RESULTS_VERSION["proxy"] in kdnas/evaluators.py (stale cached scores would be served otherwise) and
+    regenerate the golden file: KDNAS_REGENERATE_GOLDEN=1 pytest tests/test_proxies.py -k results_version."""
+    scores = _golden_scores(tmp_path)
+    if os.environ.get("KDNAS_REGENERATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps({"results_version": RESULTS_VERSION["proxy"], "archs": GOLDEN_ARCHS,
+                                      "scores": scores}, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    assert golden["results_version"] == RESULTS_VERSION["proxy"], (
+        f"RESULTS_VERSION['proxy'] is {RESULTS_VERSION['proxy']} but {GOLDEN.name} was recorded under "
+        f"{golden['results_version']}: regenerate it (KDNAS_REGENERATE_GOLDEN=1 pytest tests/test_proxies.py "
+        "-k results_version).")
+    changed = {(arch, name): (value, golden["scores"][arch].get(name))
+               for arch, row in scores.items() for name, value in row.items()
+               if golden["scores"][arch].get(name) is None
+               or not math.isclose(value, golden["scores"][arch][name], rel_tol=1e-3, abs_tol=1e-6)}
+    assert set(scores) == set(golden["scores"]) and not changed, (
+        f"Proxy scores changed without a bump of RESULTS_VERSION['proxy'] (now, golden): {changed}. Bump "
+        "RESULTS_VERSION['proxy'] in kdnas/evaluators.py and regenerate the golden file "
+        "(KDNAS_REGENERATE_GOLDEN=1 pytest tests/test_proxies.py -k results_version).")
+
+
+def test_results_version_is_part_of_the_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _evaluator("resnet_cifar", tmp_path).fingerprint
+    monkeypatch.setitem(RESULTS_VERSION, "proxy", RESULTS_VERSION["proxy"] + 1)
+    assert _evaluator("resnet_cifar", tmp_path).fingerprint != before

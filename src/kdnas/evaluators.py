@@ -44,10 +44,11 @@ from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
+from kdnas.models import create_model
 from kdnas.models.features import FeatureNet
 from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
 from kdnas.proxies.base import INITS
-from kdnas.proxies.diswot import COMBINES, SEMANTIC_FORMS, TERMS, TeacherStats
+from kdnas.proxies.diswot import COMBINES, SEMANTIC_CHOICES, TERMS, TeacherStats, semantic_form
 from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.costs import CostModel
@@ -56,6 +57,11 @@ from kdnas.utils import atomic_write_json, derive_seed, read_json, resolve_devic
 
 log = logging.getLogger("kdnas")
 EVAL_FORMAT = 1
+# Bump an evaluator kind's version with any change to how its results are computed (training recipe code, a
+# proxy's formula, the semantic-form rule, ...): it is part of the cache fingerprint, so cached results of the
+# old code are not returned. tests/test_proxies.py checks the proxy scores of 3 archs against
+# tests/data/proxy_golden.json, recorded under this version.
+RESULTS_VERSION = {"proxy": 2, "train": 2}
 COSTS = ("params", "flops")
 EXECUTORS = ("local", "processes", "submitit_local", "submitit_slurm")
 
@@ -94,7 +100,8 @@ class CachedEvaluator:
 
     def __init__(self, cache_dir: str | Path, identity: dict[str, Any], pool: Pool | None = None) -> None:
         self.identity, self.pool = identity, pool
-        self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT})
+        self.fingerprint = stable_hash({**identity, "format": EVAL_FORMAT,
+                                        "results_version": RESULTS_VERSION[identity["kind"]]})
         self.root = Path(cache_dir).expanduser() / "evals" / self.fingerprint
         self.held = hold(self.root)  # task=cache never prunes the results of a running search
         self.hits = self.misses = 0
@@ -287,7 +294,7 @@ class ProxySettings:
     """The ``proxy:`` config group: which score rewards the search, and how every proxy is computed."""
 
     name: str = "diswot"  # the reward (a registered proxy)
-    semantic: str = "official"  # official | class (class whenever widths differ)
+    semantic: str = "auto"  # auto (official iff every arch has the teacher's width, else class) | official | class
     combine: str = "sum"  # diswot = semantic | relational | sum | rank
     init: str = "default"  # default (the network's init) | normal (DisWOT's N(0, 1) re-init)
     teacher_state: str = "random"  # random (DisWOT: a freshly initialised teacher) | trained
@@ -298,7 +305,7 @@ class ProxySettings:
 
     def __post_init__(self) -> None:
         get_proxy(self.name)
-        allowed = {"semantic": SEMANTIC_FORMS, "combine": COMBINES, "init": INITS,
+        allowed = {"semantic": SEMANTIC_CHOICES, "combine": COMBINES, "init": INITS,
                    "teacher_state": ("random", "trained")}
         for key, options in allowed.items():
             if getattr(self, key) not in options:
@@ -329,11 +336,15 @@ class ProxyEvaluator(CachedEvaluator):
 
     ``teacher`` builds the network DisWOT compares against (random or trained, mode already set); it is
     called, and its statistics computed, once, when the first uncached candidate needs them. Candidates take
-    the batches' device and memory format (channels_last: ~1.6x faster on CPU)."""
+    the batches' device and memory format (channels_last: ~1.6x faster on CPU).
+
+    DisWOT's semantic form is decided once, here, from the space's final widths and ``teacher_width`` (the
+    teacher's embedding size; None: read from the teacher, which is then built now), and is part of the cache
+    identity and of every result (``semantic_form``)."""
 
     def __init__(self, space: SearchSpace, batches: list[Batch], settings: ProxySettings, *, names: Sequence[str],
                  teacher: Callable[[], nn.Module] | None, teacher_identity: Any, num_classes: int, seed: int,
-                 cache_dir: str | Path) -> None:
+                 cache_dir: str | Path, teacher_width: int | None = None) -> None:
         self.names = tuple(dict.fromkeys([settings.name, *names]))
         self.needs_teacher = any("teacher" in get_proxy(n).needs for n in self.names)
         if self.needs_teacher and teacher is None:
@@ -343,8 +354,15 @@ class ProxyEvaluator(CachedEvaluator):
         self.input_size = batches[0].x.shape[-1]
         self.memory_format = memory_format(batches[0].x)
         self.stats: list[TeacherStats] | None = None
+        self.semantic_form: str | None = None
+        if {"diswot", "diswot_semantic"} & set(self.names):
+            if teacher_width is None:
+                built = self.teacher()
+                self.teacher, teacher_width = (lambda: built), embedding_width(built)
+            self.semantic_form = semantic_form(settings.semantic, space.final_widths(), teacher_width)
         super().__init__(cache_dir, {
             "kind": "proxy", "names": list(self.names), "settings": asdict(settings),
+            "semantic_form": self.semantic_form,
             "memory_format": str(self.memory_format),
             "teacher": teacher_identity if self.needs_teacher else None, "num_classes": num_classes, "seed": seed,
             "batches": [[tensor_sha256(b.x), tensor_sha256(b.y)] for b in batches]})
@@ -363,7 +381,8 @@ class ProxyEvaluator(CachedEvaluator):
         if self.stats is None:
             s = self.settings
             teacher = self.teacher()
-            self.stats = [teacher_stats(teacher, b, semantic=s.semantic, combine=s.combine) for b in self.batches]
+            form = self.semantic_form or "class"  # unused when no DisWOT semantic score is asked for
+            self.stats = [teacher_stats(teacher, b, semantic=form, combine=s.combine) for b in self.batches]
             log.info("DisWOT teacher statistics computed on %d batch(es), once for this search", len(self.batches))
             if s.combine == "rank":
                 reference = sample_archs(self.space, s.rank_reference, derive_seed(self.seed, "rank-reference"))
@@ -380,7 +399,14 @@ class ProxyEvaluator(CachedEvaluator):
         scores = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
         return {"reward": scores[self.settings.name], "costs": {k: int(scores[k]) for k in COSTS},
                 "scores": {k: v for k, v in scores.items() if k not in COSTS or k in self.names},
-                "seconds": time.perf_counter() - start}
+                "seconds": time.perf_counter() - start,
+                **({"semantic_form": self.semantic_form} if self.semantic_form else {})}
+
+
+def embedding_width(net: nn.Module) -> int:
+    """The classifier's input width of a network (a :class:`~kdnas.distill.teachers.Teacher`: its first member)."""
+    members = getattr(net, "members", None)
+    return (members[0] if members is not None else net).classifier.in_features
 
 
 def proxy_evaluator(ctx: RunContext, space: SearchSpace, names: Sequence[str] = ()) -> ProxyEvaluator:
@@ -396,12 +422,14 @@ def proxy_evaluator(ctx: RunContext, space: SearchSpace, names: Sequence[str] = 
             return apply_init(net, settings.init).to(device, memory_format=fmt).train()  # train-mode BN, as candidates
 
         identity: Any = {"state": "random", "model": cfg.teacher.model}
+        with torch.device("meta"):  # its width only: no memory, no init
+            width = embedding_width(create_model(cfg.teacher.model, num_classes=num_classes))
     else:
         trained = build_teacher(ctx).to(device, memory_format=fmt)  # frozen, eval mode
-        teacher, identity = (lambda: trained), {"state": "trained", "weights": trained.hashes}
+        teacher, identity, width = (lambda: trained), {"state": "trained", "weights": trained.hashes}, None
     return ProxyEvaluator(space, proxy_batches(ctx.data, settings, cfg.seed, device, channels_last), settings,
                           names=names, teacher=teacher, teacher_identity=identity, num_classes=num_classes,
-                          seed=cfg.seed, cache_dir=ctx.cache_dir)
+                          seed=cfg.seed, cache_dir=ctx.cache_dir, teacher_width=width)
 
 
 # -- short training ---------------------------------------------------------------------------------
@@ -434,6 +462,7 @@ class TrainEvaluator(CachedEvaluator):
         self.prebuilt = False
         super().__init__(ctx.cache_dir, {
             "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
+            "teacher_logits": teacher_logits_source(self.teacher, distill),
             "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.identity,
             "train_split": trainer.train_split, "seed": seed,
             "aug_seed": self.aug_seed}, pool)
@@ -481,6 +510,14 @@ class TrainEvaluator(CachedEvaluator):
                           run_dir=str(self.ctx.run.path), build=TrainEvaluator,
                           kwargs={"space": self.space, "distill": self.distill, "trainer": self.trainer,
                                   "seed": self.seed, "runs": self.runs})
+
+
+def teacher_logits_source(teacher: Any, distill: DistillConfig) -> str | None:
+    """Where the candidates' teacher logits come from: the fp16 logit cache (``teacher.cache`` auto/required,
+    logit terms only) or the fp32 teacher run online; the two give different students."""
+    if teacher is None:
+        return None
+    return "online_fp32" if teacher.cache == "off" or reads_teacher_features(distill) else "cached_fp16"
 
 
 CE_ONLY = {"weights": {"ce": 1.0}}

@@ -221,4 +221,5 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
                              checkpoint_every_s=settings.checkpoint_every_s, reward_kind=reward_kind)
     return {**summary, "space": space.name, "evaluator": kind, "reward_kind": reward_kind, "evaluator_fingerprint":
             evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses,
-            "aug_seed": getattr(evaluator, "aug_seed", None)}  # train evaluator: one per search
+            "aug_seed": getattr(evaluator, "aug_seed", None),  # train evaluator: one per search
+            **({"semantic_form": evaluator.semantic_form} if getattr(evaluator, "semantic_form", None) else {})}

@@ -412,25 +412,30 @@ def diswot_loss(
     teacher_logits: Tensor,
     teacher_feature_map: Tensor,
     target: Tensor,
-    w_sem: float = 3000.0,
+    w_sem: float = 1.0,
     w_rel: float = 3000.0,
+    semantic: str = "class",
 ) -> Tensor:
     """DisWOT-dagger distiller (Dong et al. CVPR 2023): the two DisWOT similarity metrics used as a training
     loss. The official repository does not release it; this is *our definition from the paper*.
 
-    ``loss = w_sem * (-semantic_class(g_s, g_t)) + w_rel * (-relational(F_s, F_t))`` on the current batch,
-    where ``g = fc_grad(embedding, logits, target)`` and F the pre-pooling feature maps.
+    ``loss = w_sem * (-S(g_s, g_t)) + w_rel * (-relational(F_s, F_t))`` on the current batch, where
+    ``g = fc_grad(embedding, logits, target)``, F the pre-pooling feature maps and S the semantic form:
+    ``semantic="official"`` (:func:`semantic_official`, equal widths only) or ``"class"``
+    (:func:`semantic_class`, any widths). With the form the proxy uses for the pair (official when the widths
+    are equal, the ``DisWOT`` term's ``auto``), the loss is minus the proxy's DisWOT score, weighted.
 
-    Semantic term: we use the fc-gradient (Grad-CAM) form rather than class-activation embeddings because it
-    is the exact quantity the training-free proxy scores, so search and distillation optimise the same
-    thing; its closed form is differentiable w.r.t. the student's embedding and logits (hence the
-    classifier and backbone) without ``create_graph``; and the K x K class-similarity form works across
-    widths. Teacher inputs are detached. The CE (and any KD) term is the caller's.
+    Semantic term: the fc-gradient (Grad-CAM) form rather than class-activation embeddings, because it is the
+    quantity the training-free proxy scores; its closed form is differentiable w.r.t. the student's embedding
+    and logits (hence the classifier and backbone) without ``create_graph``. Teacher inputs are detached. The
+    CE (and any KD) term is the caller's.
 
-    Default weights: the relational term *is* the SP loss, so it takes RepDistiller's SP weight (3000); the
-    semantic term has the same ``1/K^2``-normalised squared-difference-of-normalised-Grams structure and gets
-    the same weight. Both are our choice, not from the paper.
+    Default weights (ours, not the paper's): the relational term *is* the SP loss, so it takes RepDistiller's
+    SP weight 3000; the semantic term 1 (see :class:`kdnas.distill.terms.DisWOTConfig` for the measurements).
     """
+    if semantic not in ("official", "class"):
+        raise ValueError(f"diswot_loss: semantic={semantic!r} is not one of official, class")
     g_s = fc_grad(student_embedding, student_logits, target)
     g_t = fc_grad(teacher_embedding.detach(), teacher_logits.detach(), target)
-    return w_sem * _class_similarity_mismatch(g_s, g_t) + w_rel * sp(student_feature_map, teacher_feature_map)
+    sem = semantic_official(g_s, g_t) if semantic == "official" else semantic_class(g_s, g_t)
+    return -w_sem * sem + w_rel * sp(student_feature_map, teacher_feature_map)

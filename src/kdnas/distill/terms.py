@@ -70,13 +70,15 @@ class CRDConfig:
 
 @dataclass
 class DisWOTConfig:
-    """Weights inside :func:`~kdnas.distill.functional.diswot_loss`. The relational term is SP and keeps SP's
-    3000; the semantic term gets 1, not the function's default 3000: at 3000 (and even 300) the student's CE
-    rose above 100 within one epoch on the bundled data (resnet8 from resnet8, batch 64, lr 0.05), at 1 it
-    trains as stably as CE alone while the term goes down."""
+    """Weights and semantic form inside :func:`~kdnas.distill.functional.diswot_loss`. The relational term is SP
+    and keeps SP's 3000; the semantic term gets 1: at 3000 (and even 300) the student's CE rose above 100 within
+    one epoch on the bundled data (resnet8 from resnet8, batch 64, lr 0.05). ``semantic``: the proxy's rule
+    (:func:`kdnas.proxies.diswot.semantic_form`): auto = official when student and teacher widths are equal,
+    else class; or force official | class."""
 
     w_sem: float = 1.0
     w_rel: float = 3000.0
+    semantic: str = "auto"
 
 
 @dataclass
@@ -219,6 +221,11 @@ def register_term(name: str) -> Callable[[type[Term]], type[Term]]:
 
 def build_terms(ctx: TermContext) -> nn.ModuleDict:
     return nn.ModuleDict({name: TERMS[name](ctx) for name in active_weights(ctx.cfg)})
+
+
+def reads_teacher_features(cfg: DistillConfig) -> bool:
+    """Whether an active term reads the teacher's features: the teacher then runs online (no logit cache)."""
+    return any(getattr(TERMS[name], "needs_features", False) for name in active_weights(cfg))
 
 
 def stage_index(names: list[str], name: str, who: str, key: str) -> int:
@@ -373,13 +380,18 @@ class DisWOT(_FeatureTerm):
     :func:`~kdnas.distill.functional.diswot_loss`."""
 
     def __init__(self, ctx: TermContext) -> None:
+        from kdnas.proxies.diswot import semantic_form
+
         super().__init__(ctx)
-        self.w_sem, self.w_rel = ctx.cfg.diswot.w_sem, ctx.cfg.diswot.w_rel
+        c = ctx.cfg.diswot
+        self.w_sem, self.w_rel = c.w_sem, c.w_rel
+        self.semantic = semantic_form(c.semantic, {ctx.student.embedding.shape[1]}, ctx.teacher.embedding.shape[1],
+                                      key="distill.diswot.semantic")
 
     def forward(self, s: Features, t: TeacherOutput, batch: Batch) -> Tensor:
         f = t.features
         return kdf.diswot_loss(s.embedding, s.logits, s.feature_map, f.embedding, f.logits, f.feature_map, batch.y,
-                               self.w_sem, self.w_rel)
+                               self.w_sem, self.w_rel, self.semantic)
 
 
 def probe(net: nn.Module, input_size: int) -> Features:

@@ -3,7 +3,9 @@ as a training-free proxy: how similar a candidate student is to the teacher, bot
 
 * semantic similarity (paper Eq. 1-2): the Grad-CAM input, i.e. the gradient of CE w.r.t. the classifier
   weight, compared per class channel by channel (``semantic=official``, equal widths only) or as a K x K
-  class-similarity matrix (``semantic=class``, any widths; used automatically when the widths differ);
+  class-similarity matrix (``semantic=class``, any widths). The two are on different scales, so one search
+  scores every candidate with one form (:func:`semantic_form`): ``auto`` takes the official form only when
+  every arch of the space has the teacher's width, the class form otherwise;
 * relational similarity (Eq. 3-4): SP-style B x B Gram matrices of the pre-pooling feature maps.
 
 The terms are the functions of :mod:`kdnas.distill.functional`, so the proxy and the DisWOT-dagger
@@ -27,6 +29,7 @@ from kdnas.models.features import FeatureNet, Features
 from kdnas.proxies.base import Probe, register_proxy
 
 SEMANTIC_FORMS = {"official": semantic_official, "class": semantic_class}
+SEMANTIC_CHOICES = ("auto", *SEMANTIC_FORMS)  # proxy.semantic
 TERMS = ("diswot_semantic", "diswot_relational")
 COMBINES = ("semantic", "relational", "sum", "rank")
 
@@ -61,12 +64,27 @@ def teacher_stats(teacher: FeatureNet, batch: Batch, *, semantic: str = "officia
     return TeacherStats(fc_grad(feats.embedding, feats.logits, batch.y), feats.feature_map, semantic, combine)
 
 
+def semantic_form(requested: str, student_widths: set[int] | None, teacher_width: int, key: str = "proxy.semantic"
+                  ) -> str:
+    """The one semantic form a search scores every candidate with (``proxy.semantic``): ``auto`` = ``official``
+    when every arch's final width (``student_widths``; None = unknown) is the teacher's, else ``class``.
+    Switching per candidate would rank width-matched candidates on another scale (about -0.5 against -0.1)."""
+    if requested not in SEMANTIC_CHOICES:
+        raise ConfigError(f"{key}={requested!r} is not one of {', '.join(SEMANTIC_CHOICES)}.")
+    uniform = student_widths == {teacher_width}
+    if requested == "official" and not uniform:
+        found = "unknown widths" if student_widths is None else f"widths {sorted(student_widths)}"
+        raise ConfigError(f"{key}=official pairs student and teacher channels one to one, so every student must "
+                          f"end with the teacher's width ({teacher_width}); here the students have {found}. Use "
+                          f"{key}=auto (or class): the width-agnostic class form, for every student.")
+    return ("official" if uniform else "class") if requested == "auto" else requested
+
+
 def semantic_score(features: Features, target: Tensor, stats: TeacherStats) -> float:
-    """Semantic similarity (higher = more similar); the class form when the official one cannot pair
-    channels (student and teacher widths differ)."""
+    """Semantic similarity (higher = more similar) in the search's one form ``stats.semantic``; the official
+    form on a student of another width raises (:func:`semantic_form` rules it out per search)."""
     g_s = fc_grad(features.embedding, features.logits, target)
-    form = stats.semantic if g_s.shape == stats.fc_grad.shape else "class"
-    return SEMANTIC_FORMS[form](g_s, stats.fc_grad).item()
+    return SEMANTIC_FORMS[stats.semantic](g_s, stats.fc_grad).item()
 
 
 def ecdf(reference: Tensor, value: float) -> float:

@@ -94,6 +94,11 @@ class SearchSpace:
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         raise NotImplementedError
 
+    def final_widths(self) -> set[int] | None:
+        """Every width the classifier's input (the pooled embedding) can have over the space's archs, known
+        without building them; None = not known (callers must then assume the widths vary)."""
+        return None
+
     # -- derived from the decision list ---------------------------------------------------------------
     def make(self, choices: Mapping[str, Any]) -> Arch:
         """An arch from searchable choices (e.g. a controller's), adding the fixed decisions; validated.

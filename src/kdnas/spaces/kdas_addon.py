@@ -145,12 +145,17 @@ class KdasSpace(SearchSpace):
         super().__init__()
         self.fixed = {"base": _normalise_base(base)}
         root, _ = _unroll(self.fixed["base"])
-        self.num_stages = len(stage_modules(_build_root(root, 10, 32))[1])
+        root_net = _build_root(root, 10, 32)
+        self.num_stages = len(stage_modules(root_net)[1])
+        self.width = root_net.stage_channels[-1]  # added layers keep their stage's width (KdasNet's classifier)
 
     def decisions(self) -> list[Decision]:
         n = self.num_stages
         return [Decision(f"op{i}", OPS) for i in range(1, n + 1)] + [
             Decision(f"skip{j}_{i}", [0, 1]) for i in range(2, n + 1) for j in range(1, i)]
+
+    def final_widths(self) -> set[int]:
+        return {self.width}
 
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         d = self.validate(arch).decisions

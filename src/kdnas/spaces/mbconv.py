@@ -163,6 +163,9 @@ class MBConvSpace(SearchSpace):
     def layers(self, d: dict) -> list[LayerSpec]:
         raise NotImplementedError
 
+    def final_widths(self) -> set[int]:
+        return {self.HEAD}  # the head conv's width, whatever the blocks
+
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         specs = self.layers(self.validate(arch).decisions)
         small = input_size < SMALL_INPUT

@@ -107,6 +107,9 @@ class NB201Space(SearchSpace):
     def decisions(self) -> list[Decision]:
         return [Decision(f"e{i}_{j}", OPS) for i, j in EDGES]
 
+    def final_widths(self) -> set[int]:
+        return {4 * self.fixed["C"]}
+
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         d = self.validate(arch).decisions
         return NB201Net([d[f"e{i}_{j}"] for i, j in EDGES], d["C"], d["N"], num_classes)

@@ -44,6 +44,9 @@ class ResNetCifarSpace(SearchSpace):
     def decisions(self) -> list[Decision]:
         return [Decision(f"depth{i + 1}", self.depth_options) for i in range(len(self.fixed["widths"]))]
 
+    def final_widths(self) -> set[int]:
+        return {self.fixed["widths"][-1] * BLOCKS["basic"].expansion}
+
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         d = self.validate(arch).decisions
         widths = d["widths"]
@@ -97,6 +100,10 @@ class ResNetCifarLargeSpace(SearchSpace):
             out += [Decision(f"block{i}", self.BLOCK_TYPES), Decision(f"kernel{i}", self.KERNELS),
                     Decision(f"width{i}", self.WIDTH_MULTS), Decision(f"depth{i}", self.DEPTHS)]
         return out
+
+    def final_widths(self) -> set[int]:
+        base = self.fixed["base_widths"][-1]
+        return {max(1, round(base * m)) * BLOCKS[b].expansion for m in self.WIDTH_MULTS for b in self.BLOCK_TYPES}
 
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
         d = self.validate(arch).decisions
