@@ -21,6 +21,7 @@ from kdnas.context import RunContext
 from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, tensor_sha256
 from kdnas.distill.teachers import weights_sha256
+from kdnas.engine.trainer import Trainer
 from kdnas.errors import ConfigError
 from kdnas.evaluators import evaluation_pool, per_epoch, train_evaluator
 from kdnas.models import create_model
@@ -83,9 +84,16 @@ def test_oracle_disagreement_reaches_the_search_history(tmp_path: Path) -> None:
 def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candidate(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two KD candidates, two epochs: one teacher-logit file per epoch (not one per candidate and epoch), built
-    before the first candidate trains; the search's one aug seed is in the summary."""
+    before the first candidate trains, and no teacher pass per candidate (its test top-1 is not a candidate's
+    result); the search's one aug seed is in the summary."""
     events: list[str] = []
     compute, distill_student = TeacherLogitCache.compute, kdnas.tasks.distill.distill_student
+    evaluate = Trainer.evaluate
+
+    def logged_evaluate(self: Trainer, split: str, model: torch.nn.Module | None = None) -> dict[str, float]:
+        if model is not None:
+            events.append(f"teacher on {split}")
+        return evaluate(self, split, model)
 
     def logged_compute(self: TeacherLogitCache, net: torch.nn.Module, epoch: int) -> torch.Tensor:
         events.append(f"build epoch {epoch}")
@@ -97,6 +105,7 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
 
     monkeypatch.setattr(TeacherLogitCache, "compute", logged_compute)
     monkeypatch.setattr(kdnas.tasks.distill, "distill_student", logged_distill)
+    monkeypatch.setattr(Trainer, "evaluate", logged_evaluate)
     kd = [*TRAIN_SEARCH, "search.objective=kd", "teacher.model=resnet8", "search.budget=2", "search.batch=2",
           "search.executor=local", "+search.trainer.epochs=2", "seed=3", f"paths.cache_dir={tmp_path / 'cache'}",
           f"paths.data_dir={os.environ['KDNAS_CACHE_DIR']}/data"]

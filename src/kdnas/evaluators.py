@@ -495,7 +495,8 @@ class TrainEvaluator(CachedEvaluator):
         start = time.perf_counter()
         summary = distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
                                   student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer,
-                                  label=f"candidate {arch.arch_id[:8]} {self.positions.get(arch.arch_id, '')}".strip())
+                                  label=f"candidate {arch.arch_id[:8]} {self.positions.get(arch.arch_id, '')}".strip(),
+                                  evaluate_teacher=False)
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
         disagreement = per_epoch(run.read_metrics(), "loss_oracle_disagreement")
         return {"reward": summary["val_top1_last"], "val_top1": summary["val_top1_last"],

@@ -59,9 +59,11 @@ def _write_card(ctx: RunContext, run: RunDir, name: str, **extra: Any) -> None:
 
 def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher | None,
                     distill_cfg: DistillConfig | Any, run: RunDir, seed: int, *, student_name: str | None = None,
-                    trainer_cfg: TrainerConfig | Any | None = None, label: str | None = None) -> dict[str, Any]:
+                    trainer_cfg: TrainerConfig | Any | None = None, label: str | None = None,
+                    evaluate_teacher: bool = True) -> dict[str, Any]:
     """Distil ``student_model`` from ``teacher`` into ``run`` (resuming there); return the trainer summary
-    with the student, teacher, active loss weights and the teacher's test top-1.
+    with the student, teacher, active loss weights and the teacher's test top-1 (``evaluate_teacher=False``: not
+    measured; a search evaluator's candidates would otherwise pay a teacher pass over the test set each).
 
     The building block of task=distill and of the schemes: ``teacher`` may be None for a CE-only loss;
     ``trainer_cfg`` defaults to ``ctx.cfg.trainer``; ``student_name`` (default ``model.name``) picks the
@@ -82,7 +84,7 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
     teacher_names = teacher.names if teacher is not None else []
     _write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg))
     out = {"student": name, "teacher": teacher_names, "losses": active_weights(cfg), **summary}
-    if teacher is not None:
+    if teacher is not None and evaluate_teacher:
         out["teacher_test_top1"] = trainer.evaluate("test", teacher)["top1"]
     return out
 
