@@ -14,7 +14,7 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import OmegaConf
@@ -28,6 +28,10 @@ from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.engine.trainer import autocast_context, write_model_card
 from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
+from kdnas.utils import atomic_write_json
+
+if TYPE_CHECKING:
+    from kdnas.spaces.base import Arch
 
 log = logging.getLogger("kdnas")
 TOP1 = ("test_top1_best", "test_top1_last")
@@ -60,7 +64,7 @@ def _write_card(ctx: RunContext, run: RunDir, name: str, **extra: Any) -> None:
 def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher | None,
                     distill_cfg: DistillConfig | Any, run: RunDir, seed: int, *, student_name: str | None = None,
                     trainer_cfg: TrainerConfig | Any | None = None, label: str | None = None,
-                    evaluate_teacher: bool = True) -> dict[str, Any]:
+                    arch: Arch | None = None, evaluate_teacher: bool = True) -> dict[str, Any]:
     """Distil ``student_model`` from ``teacher`` into ``run`` (resuming there); return the trainer summary
     with the student, teacher, active loss weights and the teacher's test top-1 (``evaluate_teacher=False``: not
     measured; a search evaluator's candidates would otherwise pay a teacher pass over the test set each).
@@ -68,7 +72,8 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
     The building block of task=distill and of the schemes: ``teacher`` may be None for a CE-only loss;
     ``trainer_cfg`` defaults to ``ctx.cfg.trainer``; ``student_name`` (default ``model.name``) picks the
     per-pair DKD beta; ``label`` names the run in its log lines (default "KD student <name>", or "CE baseline
-    <name>" without a teacher). Writes ``model.safetensors`` and ``model.json`` in ``run``.
+    <name>" without a teacher). Writes ``model.safetensors`` and ``model.json`` in ``run``, and for a searched
+    student (``arch``) ``arch.json`` too, so that ``task=export export.run_dir=RUN`` rebuilds it.
     """
     cfg = distill_config(distill_cfg)
     tcfg = to_object(trainer_cfg if trainer_cfg is not None else ctx.cfg.trainer, TrainerConfig)
@@ -82,7 +87,10 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
                           label=label or f"{role} {name}")
     summary = trainer.fit(resume=ctx.resume)
     teacher_names = teacher.names if teacher is not None else []
-    _write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg))
+    if arch is not None:
+        atomic_write_json(run.path / "arch.json", arch.to_json())
+    _write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg),
+                **({"arch": arch.to_json()} if arch is not None else {}))
     out = {"student": name, "teacher": teacher_names, "losses": active_weights(cfg), **summary}
     if teacher is not None and evaluate_teacher:
         out["teacher_test_top1"] = trainer.evaluate("test", teacher)["top1"]

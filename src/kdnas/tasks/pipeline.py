@@ -101,12 +101,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     dcfg = distill_config(cfg.distill)
     stage(2)
     kd_net = student()
-    kd = distill_student(ctx, kd_net, teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name)
+    kd = distill_student(ctx, kd_net, teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name, arch=arch)
     lap("retrain")
     stage(3)
     ce_net = student()  # the same init
     ce = distill_student(ctx, ce_net, None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
-                         student_name=name)
+                         student_name=name, arch=arch)
     lap("ce")
     for t in (timings, timings["cpu"]):
         t["total_s"] = t["search_s"] + t["retrain_s"]
