@@ -19,8 +19,9 @@ import kdnas
 from kdnas import utils
 from kdnas.api import compose
 from kdnas.context import RunContext
+from kdnas.distill.teachers import build_teacher
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint
-from kdnas.errors import CheckpointError, KdnasError
+from kdnas.errors import CheckpointError, ConfigError, KdnasError
 from kdnas.runs import RunDir
 from kdnas.teachers import load_teacher
 
@@ -204,6 +205,21 @@ def test_weights_carry_their_sha256_and_a_bare_file_loads_with_a_warning(finishe
         else:
             with pytest.raises(CheckpointError, match="sha256"):
                 load_teacher(ctx)
+
+
+@pytest.mark.parametrize(("overrides", "needles"), [
+    (["teacher.checkpoint=/nowhere/teacher.safetensors"], ("not read by teacher=store", "teacher=checkpoint")),
+    (["teacher=checkpoint", "teacher.checkpoint=/nowhere", "teacher.seed=3"], ("teacher.seed=3", "teacher=store")),
+    (["teacher.combine=oracle"], ("not read by teacher=store", "teacher=ensemble")),
+    (["teacher=ensemble", "teacher.retrain=true"], ("teacher.retrain=True", "teacher=store")),
+], ids=["checkpoint without its kind", "seed of a checkpoint", "combine of one teacher", "retrain an ensemble"])
+def test_a_teacher_key_its_kind_does_not_read_is_refused(overrides: list[str], needles: tuple[str, ...],
+                                                         tmp_path: Path) -> None:
+    """`teacher.checkpoint=PATH` alone used to distil silently from the store's teacher instead."""
+    cfg = compose("distill", [*TINY, "teacher.train_if_missing=false", *overrides])
+    with pytest.raises(ConfigError) as info:
+        build_teacher(RunContext(cfg, RunDir(tmp_path / "run")))
+    assert all(needle in str(info.value) for needle in needles), str(info.value)
 
 
 # -- training and the output folder ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdnas.config import ModelConfig, TrainerConfig
+from kdnas.config import ModelConfig, TeacherConfig, TrainerConfig
 from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
@@ -36,6 +36,29 @@ STORE_FORMAT = 2  # 2: keyed by the whole data identity; cards carry the weights
 # Trainer keys that do not change the trained weights' recipe.
 _RUNTIME_KEYS = ("device", "num_threads", "compile", "log_every", "checkpoint_every", "eval_every",
                  "eval_batch_size")
+
+
+# The keys only some teacher kinds read (kind, model, cache and trainer are read by several kinds, and presets
+# such as debug=smoke set teacher.trainer for every kind). One of them set away from its default while the
+# selected kind ignores it is an error: teacher.checkpoint=PATH alone once distilled from the store's teacher.
+KIND_KEYS: dict[str, tuple[str, ...]] = {"store": ("seed", "retrain"), "checkpoint": ("checkpoint",),
+                                          "ensemble": ("members", "combine"), "none": ()}
+
+
+def check_kind_keys(tcfg: Any) -> None:
+    """Refuse a kind-specific teacher key that ``teacher.kind`` does not read, naming the kind that does."""
+    kind = str(tcfg.kind)
+    if kind not in KIND_KEYS:
+        raise ConfigError(f"teacher.kind={kind!r} is not one of {', '.join(KIND_KEYS)} (select it with teacher=KIND).")
+    defaults = asdict(TeacherConfig())
+    for key in sorted({k for keys in KIND_KEYS.values() for k in keys} - set(KIND_KEYS[kind])):
+        value = tcfg.get(key)
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        if value != defaults[key]:
+            readers = [k for k, keys in KIND_KEYS.items() if key in keys]
+            raise ConfigError(f"teacher.{key}={value} is not read by teacher={kind}, so it would be ignored. Select "
+                              f"the kind that reads it, teacher={readers[0]} (e.g. `teacher={readers[0]} "
+                              f"teacher.{key}=...`), or remove the override.")
 
 
 def recipe_of(trainer_cfg: TrainerConfig) -> dict[str, Any]:
@@ -149,7 +172,9 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
     sub-folder of the current run) when missing and allowed."""
     from kdnas.context import build_model
 
-    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+    if tcfg is None:
+        tcfg = ctx.cfg.teacher
+        check_kind_keys(tcfg)
     store, key, trainer_cfg = teacher_key(ctx, tcfg)
     main = distributed.world().is_main
     # Under torchrun, rank 0 holds the store lock for the whole group and decides: the ranks train a missing
@@ -193,7 +218,9 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
 
 def load_teacher(ctx: Any, tcfg: Any | None = None) -> nn.Module:
     """The frozen teacher network for ``teacher.kind`` store or checkpoint (ensembles: kdnas.distill)."""
-    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+    if tcfg is None:
+        tcfg = ctx.cfg.teacher
+        check_kind_keys(tcfg)
     if tcfg.kind == "store":
         path, card = ensure_teacher(ctx, tcfg)
         return freeze(load_network(card["model"], ctx.data.num_classes, path / "model.safetensors"))

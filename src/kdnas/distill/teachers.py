@@ -22,7 +22,7 @@ from kdnas.config import TeacherConfig
 from kdnas.distill.cache import tensor_bytes
 from kdnas.errors import ConfigError
 from kdnas.models import Features
-from kdnas.teachers import freeze, load_teacher
+from kdnas.teachers import check_kind_keys, freeze, load_teacher
 
 COMBINE = ("mean", "oracle")
 CACHE_MODES = ("auto", "off", "required")
@@ -99,6 +99,7 @@ def member_configs(tcfg: Any) -> list[Any]:
 def build_teacher(ctx: Any, tcfg: Any | None = None) -> Teacher:
     """The :class:`Teacher` of ``teacher.kind`` (store, checkpoint or ensemble)."""
     tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+    check_kind_keys(tcfg)
     if tcfg.kind == "none":
         raise ConfigError("Distillation needs a teacher: teacher=store teacher.model=NAME, teacher=checkpoint "
                           "teacher.checkpoint=PATH, or teacher=ensemble.")
