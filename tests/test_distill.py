@@ -218,19 +218,21 @@ def member_logits(overrides: list[str], split: str, tmp_path: Path) -> tuple[tor
         return torch.stack([m.eval()(x) for m in teacher.members]), y
 
 
+@pytest.mark.slow
 def test_ensemble_mean_and_oracle(tmp_path: Path) -> None:
     members = "teacher.members=[{model:resnet8,seed:0},{model:resnet8,seed:1}]"
-    base = [*OVERFIT, "teacher=ensemble", members, "trainer.epochs=2", "teacher.trainer.epochs=1"]
+    base = [*OVERFIT, "teacher=ensemble", members, "trainer.epochs=2", "teacher.trainer.epochs=8"]
     mean = kdnas.run("distill", [*base, "distill=kd"], run_dir=str(tmp_path / "mean"))
     assert mean["teacher"] == ["resnet8", "resnet8"]
     logits, y = member_logits(base, "test", tmp_path)
-    assert not torch.equal(logits[0].argmax(1), logits[1].argmax(1))  # two different members
     hand = 100.0 * (logits.mean(0).argmax(1) == y).float().mean().item()  # the mean-logit ensemble's top-1
+    assert all(100.0 * (m.argmax(1) == y).float().mean().item() != hand for m in logits)  # not one member's
     assert mean["teacher_test_top1"] == pytest.approx(hand)
     kdnas.run("distill", [*base, "distill=oracle", "teacher.combine=oracle"], run_dir=str(tmp_path / "oracle"))
     train = [r for r in map(json.loads, (tmp_path / "oracle" / "metrics.jsonl").open()) if r["split"] == "train"]
     logits, y = member_logits(base, "train", tmp_path)
     some_wrong = (logits.argmax(2) != y).any(0).float().mean().item()  # no augmentation: the same views each epoch
+    assert 0.0 < some_wrong < 1.0
     assert [r["loss_oracle_disagreement"] for r in train] == pytest.approx([some_wrong] * 2)
     assert all("loss_oracle" in r for r in train)
     with pytest.raises(ConfigError, match="distill=oracle"):
@@ -280,3 +282,16 @@ def test_paired_comparison_of_kd_and_ce_hits() -> None:
     assert big["diff"] == pytest.approx(20.0) and "KD is better beyond the noise" in comparison_line(big, "KD")
     with pytest.raises(ValueError, match="equal-length"):
         paired_comparison(kd, ce[:5])
+
+
+def test_candidate_cache_key_names_the_teacher_logit_source() -> None:
+    """A candidate distilled from fp16 cached logits differs from one distilled from the fp32 teacher run online:
+    the train evaluator's identity says which one it used (cache auto and required: the same logits)."""
+    from kdnas.evaluators import teacher_logits_source
+
+    kd, kd_at = distill_config({"weights": {"ce": 1.0, "kd": 1.0}}), distill_config({"weights": {"kd": 1.0, "at": 1.0}})
+    source = {mode: teacher_logits_source(Teacher([teacher_net()], ["resnet8"], cache=mode), kd)
+              for mode in ("off", "auto", "required")}
+    assert source == {"off": "online_fp32", "auto": "cached_fp16", "required": "cached_fp16"}
+    assert teacher_logits_source(Teacher([teacher_net()], ["resnet8"], cache="auto"), kd_at) == "online_fp32"
+    assert teacher_logits_source(None, kd) is None

@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdnas.data import Batch
 from kdnas.distill import functional as kdf
+from kdnas.distill.crd import nce_loss
+from kdnas.distill.terms import DistillConfig, TeacherOutput, TermContext, build_terms, distill_config, dkd_beta, probe
+from kdnas.errors import ConfigError
+from kdnas.models import FeatureNet, create_model
 
 DT = torch.float64
 
@@ -435,3 +440,136 @@ SHAPE_ERRORS: dict[str, Callable[[], object]] = {
 def test_shape_mismatch_raises_value_error(name: str) -> None:
     with pytest.raises(ValueError):
         SHAPE_ERRORS[name]()
+
+
+# ------------------------------------------------------------------- hand values for the remaining terms
+
+
+def test_soft_target_ce_hand_computed() -> None:
+    s, q = np.array(S), np_softmax(np.array(TT))
+    expected = -(q * np.log(np_softmax(s))).sum(1).mean()
+    assert kdf.soft_target_ce(t(S), t(q)).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_kd_per_sample_hand_computed_with_per_sample_alpha() -> None:
+    s, tl, y, T = np.array(S), np.array(TT), np.array(Y), 3.0
+    alpha = np.array([0.9, 0.0, 0.5])
+    expected = (1 - alpha) * np_ce(s, y) + alpha * T**2 * np_kl(np_softmax(tl / T), np_softmax(s / T))
+    got = kdf.kd_per_sample(t(S), t(TT), torch.tensor(Y), T=T, alpha=t(alpha))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
+    assert kdf.kd_objective(t(S), t(TT), torch.tensor(Y), T=T, alpha=0.9).item() == pytest.approx(
+        ((0.1 * np_ce(s, y)) + 0.9 * T**2 * np_kl(np_softmax(tl / T), np_softmax(s / T))).mean(), rel=1e-12)
+
+
+def np_fc_grad(h: np.ndarray, z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return (np_softmax(z) - np.eye(z.shape[1])[y]).T @ h / len(y)
+
+
+def np_semantic_official(g_s: np.ndarray, g_t: np.ndarray) -> float:
+    """Per class k, the C x C matrix g_k g_k^T with L2-normalised rows (a zero row stays zero)."""
+    def maps(g: np.ndarray) -> np.ndarray:
+        m = np.einsum("ki,kj->kij", g, g)
+        norm = np.linalg.norm(m, axis=2, keepdims=True)
+        return np.divide(m, norm, out=np.zeros_like(m), where=norm > 0)
+
+    k, c = g_s.shape
+    return -float(((maps(g_s) - maps(g_t)) ** 2).sum() / (c * k))
+
+
+def np_semantic_class(g_s: np.ndarray, g_t: np.ndarray) -> float:
+    def rows(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    return -float(((rows(g_s @ g_s.T) - rows(g_t @ g_t.T)) ** 2).sum() / len(g_s) ** 2)
+
+
+def np_sp(f_s: np.ndarray, f_t: np.ndarray) -> float:
+    def gram(f: np.ndarray) -> np.ndarray:
+        flat = f.reshape(len(f), -1)
+        g = flat @ flat.T
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+    return float(((gram(f_s) - gram(f_t)) ** 2).sum() / len(f_s) ** 2)
+
+
+def test_semantic_official_hand_computed() -> None:
+    g_s, g_t = np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 1.0]])
+    # class 0: [[1, 2], [2, 4]] -> both rows [1, 2]/sqrt5; teacher [[1, 0], [0, 0]] -> rows [1, 0] and 0
+    # class 1: [[0, 0], [0, 1]] -> rows 0 and [0, 1]; teacher [[1, 1], [1, 1]] -> both rows [1, 1]/sqrt2
+    r5, r2 = 1 / math.sqrt(5), 1 / math.sqrt(2)
+    by_hand = ((r5 - 1) ** 2 + (2 * r5) ** 2 + r5**2 + (2 * r5) ** 2 + 2 * r2**2 + r2**2 + (1 - r2) ** 2) / 4
+    assert np_semantic_official(g_s, g_t) == pytest.approx(-by_hand, rel=1e-12)
+    assert kdf.semantic_official(t(g_s), t(g_t)).item() == pytest.approx(-by_hand, rel=1e-9)
+
+
+@pytest.mark.parametrize("form", ["official", "class"])
+def test_diswot_loss_hand_computed(form: str) -> None:
+    rng = np.random.default_rng(11)
+    h_s, h_t = rng.normal(size=(6, 4)), rng.normal(size=(6, 4 if form == "official" else 7))
+    z_s, z_t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
+    f_s, f_t = rng.normal(size=(6, 4, 2, 2)), rng.normal(size=(6, 3, 3, 3))
+    y = np.array([0, 1, 2, 3, 4, 1])
+    g_s, g_t = np_fc_grad(h_s, z_s, y), np_fc_grad(h_t, z_t, y)
+    semantic = np_semantic_official(g_s, g_t) if form == "official" else np_semantic_class(g_s, g_t)
+    expected = -2.0 * semantic + 30.0 * np_sp(f_s, f_t)
+    got = kdf.diswot_loss(t(h_s), t(z_s), t(f_s), t(h_t), t(z_t), t(f_t), torch.tensor(y), w_sem=2.0, w_rel=30.0,
+                          semantic=form)
+    assert got.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_crd_nce_loss_hand_computed() -> None:
+    scores, n_data = np.array([[0.5, 0.1, 0.2], [0.9, 0.3, 0.05]]), 10  # positive first, then K = 2 negatives
+    m_pn = 2 / n_data
+    expected = -(np.log(scores[:, 0] / (scores[:, 0] + m_pn)).sum() + np.log(m_pn / (scores[:, 1:] + m_pn)).sum()) / 2
+    assert nce_loss(t(scores), n_data, eps=0.0).item() == pytest.approx(expected, rel=1e-12)
+
+
+# ------------------------------------------------------------- terms: each one wires its function correctly
+
+
+def _term_context(cfg: DistillConfig, student: FeatureNet, teacher: FeatureNet) -> TermContext:
+    return TermContext(cfg, probe(student, 32), probe(teacher, 32), student.stage_names, teacher.stage_names,
+                       ("resnet20", "resnet8"), data=None, split="train", seed=0)  # type: ignore[arg-type]
+
+
+def test_every_term_computes_its_function_on_the_configured_inputs() -> None:
+    torch.manual_seed(12)
+    student, teacher = create_model("resnet8", num_classes=10).double(), create_model("resnet20", num_classes=10)
+    teacher = teacher.double().eval()
+    x, y = torch.randn(4, 3, 32, 32, dtype=DT), torch.tensor([0, 1, 2, 1])
+    fs, ft = student.forward_features(x), teacher.forward_features(x)
+    members = torch.stack([ft.logits, -ft.logits])
+    out, batch = TeacherOutput(ft.logits, members, ft), Batch(x, y, torch.arange(4))
+    cfg = distill_config({"weights": {n: 1.0 for n in ("ce", "kd", "dkd", "oracle", "fitnet", "at", "sp", "rkd",
+                                                       "pkt", "diswot")},
+                          "temperature": 3.0, "dkd": {"alpha": 2.0, "warmup": 4},
+                          "rkd": {"w_dist": 5.0, "w_angle": 7.0}, "oracle_alpha": 0.6,
+                          "diswot": {"w_sem": 2.0, "w_rel": 30.0}})
+    terms = build_terms(_term_context(cfg, student, teacher)).double()  # the FitNet regressor too
+    fitnet = terms["fitnet"].regressor
+    expected = {
+        "ce": F.cross_entropy(fs.logits, y),
+        "kd": kdf.kd(fs.logits, ft.logits, 3.0),
+        "dkd": kdf.dkd(fs.logits, ft.logits, y, 2.0, dkd_beta("resnet20", "resnet8"), 3.0),
+        "oracle": kdf.oracle_kd(fs.logits, members, y, 3.0, 0.6),
+        "fitnet": kdf.fitnet(fitnet(fs.stages[2]), ft.stages[2]),  # hint_stage=stage2
+        "at": kdf.at(fs.stages[1:], ft.stages[1:]),  # every stage but the stem
+        "sp": kdf.sp(fs.stages[-1], ft.stages[-1]),  # sp_stage=last
+        "rkd": kdf.rkd(fs.embedding, ft.embedding, 5.0, 7.0),
+        "pkt": kdf.pkt(fs.embedding, ft.embedding),
+        "diswot": kdf.diswot_loss(fs.embedding, fs.logits, fs.feature_map, ft.embedding, ft.logits, ft.feature_map, y,
+                                  2.0, 30.0, "official"),  # resnet8 and resnet20 both end with 64 channels
+    }
+    for name, value in expected.items():
+        torch.testing.assert_close(terms[name](fs, out, batch), value, msg=name)
+    assert [terms["dkd"].scale(e) for e in (0, 1, 3, 9)] == [0.25, 0.5, 1.0, 1.0]  # mdistiller's 1-based ramp
+    assert terms["diswot"].semantic == "official"
+
+
+def test_diswot_term_takes_the_class_form_across_widths_and_refuses_forced_official() -> None:
+    student, teacher = create_model("resnet8x4", num_classes=10), create_model("resnet20", num_classes=10)
+    cfg = distill_config({"weights": {"ce": 1.0, "diswot": 1.0}})
+    assert build_terms(_term_context(cfg, student, teacher))["diswot"].semantic == "class"  # 256 vs 64 channels
+    forced = distill_config({"weights": {"ce": 1.0, "diswot": 1.0}, "diswot": {"semantic": "official"}})
+    with pytest.raises(ConfigError, match="distill.diswot.semantic=official"):
+        build_terms(_term_context(forced, student, teacher))
