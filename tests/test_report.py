@@ -149,3 +149,92 @@ def test_pareto_mask_keeps_the_non_dominated_points() -> None:
     cost = [1, 2, 2, 3, 4, np.nan]
     reward = [0.1, 0.5, 0.4, 0.5, 0.9, 1.0]
     assert pareto_mask(cost, reward).tolist() == [True, True, False, False, True, False]
+
+
+def md_tables(md: str) -> list[list[list[str]]]:
+    """Every Markdown table of a report as rows of cells (header first, the |---| line left out)."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in md.splitlines():
+        if line.startswith("| "):
+            if not previous.startswith(("| ", "|---")):
+                tables.append([])
+            tables[-1].append([c.strip() for c in line.strip().strip("|").split(" | ")])
+        previous = line
+    return tables
+
+
+def assert_no_empty_column(md: str) -> None:
+    for table in md_tables(md):
+        header, rows = table[0], table[1:]
+        for c, name in enumerate(header):
+            assert any(row[c] != "-" for row in rows), f"column {name!r} is all '-': {table}"
+
+
+def train_job(folder: Path, seed: int, model: str, top1: float, wall: float) -> None:
+    _write(folder / ".hydra" / "config.yaml", f"task: train\nname: train\nseed: {seed}\nmodel:\n  name: {model}\n")
+    _write(folder / ".hydra" / "overrides.yaml", f"- model={model}\n- seed={seed}\n")
+    _write(folder / "status.json", {"status": "ok", "message": None})
+    _write(folder / "summary.json", {"task": "train", "test_top1_last": top1, "wall_seconds": wall})
+
+
+def test_sweep_over_seeds_has_one_row_per_configuration_with_mean_std_and_n(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    figures = {("resnet8", 0): 50.0, ("resnet8", 1): 52.0, ("resnet8", 2): 54.0, ("resnet14", 0): 60.0,
+               ("resnet14", 1): 61.0}
+    for n, ((model, seed), top1) in enumerate(figures.items()):
+        train_job(sweep / f"{n}-model={model},seed={seed}", seed, model, top1, wall=10.0 + seed)
+    _write(sweep / "5-model=resnet14,seed=2" / "status.json", {"status": "failed", "message": "boom"})
+    md = Path(build_report(sweep, tmp_path / "report")["report_md"]).read_text()
+    assert "# Per configuration, over seeds" in md.replace("##", "#")
+    assert "| model=resnet8 | 3 | 0,1,2 | 52.00 ± 2.00 | 11.0 ± 1.0 |" in md  # std with n - 1: sqrt(8 / 2) = 2
+    assert "| model=resnet14 | 2 | 0,1 | 60.50 ± 0.71 | 10.5 ± 0.7 |" in md  # the failed seed 2 is not counted
+    assert "| 0-model=resnet8,seed=0 |" in md  # the per-job table stays
+    assert_no_empty_column(md)
+
+
+def test_one_seed_per_configuration_adds_no_seed_table(tmp_path: Path) -> None:
+    for n, model in enumerate(("resnet8", "resnet14")):
+        train_job(tmp_path / "sweep" / f"{n}-model={model}", 0, model, 50.0, wall=1.0)
+    md = Path(build_report(tmp_path / "sweep", tmp_path / "report")["report_md"]).read_text()
+    assert "over seeds" not in md
+
+
+def test_comparison_plot_labels_points_by_row_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.axes
+
+    from kdnas.report import plots
+
+    labels: list[str] = []
+    original = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(matplotlib.axes.Axes, "annotate",
+                        lambda self, text, *a, **kw: labels.append(text) or original(self, text, *a, **kw))
+    rows = [{"name": f"cmp_{n}", "strategy": "diswot", "total_s": 10.0 + i, "kd_top1": 50.0 + i, "ce_top1": 48.0,
+             "teacher_top1": 70.0} for i, n in enumerate("ab")]
+    assert plots.comparison(rows) is not None
+    assert labels == ["cmp_a", "cmp_b"]  # both rows run diswot: the strategy would not tell them apart
+
+
+@pytest.mark.slow
+def test_constrained_search_report_shows_the_constraint_and_its_plot(tmp_path: Path) -> None:
+    limit = 100_000
+    kdnas.run("search", [*SEARCH, "constraint=params_1m", f"constraint.params_max={limit}"],
+              run_dir=tmp_path / "search")
+    history = [json.loads(line) for line in (tmp_path / "search" / "history.jsonl").open()]
+    summary, md = report(tmp_path / "search", tmp_path / "report")
+    assert f"Constraint (hard): params <= {limit:,}." in md
+    header = next(t[0] for t in md_tables(md) if t[0][:3] == ["rank", "arch_id", "reward"])
+    assert header[3] == "params" and f"within params <= {limit:,}" in header
+    verdicts = [row[header.index(f"within params <= {limit:,}")] for row in next(
+        t for t in md_tables(md) if t[0] == header)[1:]]
+    assert verdicts and set(verdicts) <= {"yes", "no"}
+    assert all(r["costs"]["params"] <= limit for r in history)  # a hard constraint admits no arch over it
+    assert (tmp_path / "report" / "plots" / "run-constraint-params.png").stat().st_size > 1000
+    assert_no_empty_column(md)
+
+
+def test_report_over_a_train_run_has_no_all_dash_column(tmp_path: Path) -> None:
+    kdnas.run("train", [*TRAIN, "data.val_fraction=0"], run_dir=tmp_path / "train")
+    _, md = report(tmp_path / "train", tmp_path / "report")
+    assert "history records" not in md and "val top-1" not in md  # nothing recorded: no column of dashes
+    assert_no_empty_column(md)

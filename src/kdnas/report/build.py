@@ -13,7 +13,8 @@ import numpy as np
 from kdnas.api import safe_dirname
 from kdnas.report import plots
 from kdnas.report.collect import Run, first, load_target, pipeline_row, read_json_or, stage_seconds
-from kdnas.report.render import Block, Figure, Section, Table, Text, figures, to_html, to_markdown
+from kdnas.report.render import Block, Figure, Section, Table, Text, drop_empty_columns, figures, to_html, to_markdown
+from kdnas.spaces.constraints import LIMITS
 from kdnas.utils import atomic_write_bytes
 
 TOP_K = 5
@@ -68,21 +69,44 @@ def _decisions(arch: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in arch.items()) if isinstance(arch, dict) else "-"
 
 
-def search_blocks(run: Run, slug: str) -> list[Block]:
-    """Top archs, trajectory, decision histograms and Pareto fronts of one search's history.jsonl."""
+def constraint_targets(config: dict[str, Any]) -> dict[str, float]:
+    """The cost keys a run's ``constraint:`` group bounds (``params_max`` -> ``params``, ...) and their targets."""
+    node = config.get("constraint") if isinstance(config, dict) else None
+    if not isinstance(node, dict):
+        return {}
+    return {cost: float(node[limit]) for limit, cost in LIMITS.items() if isinstance(node.get(limit), (int, float))}
+
+
+def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> list[Block]:
+    """Top archs, trajectory, decision histograms and Pareto fronts of one search's history.jsonl; under a
+    constraint (``config``: the run's composed config) its columns, each arch's verdict and reward vs the
+    constrained cost with the target."""
     history = [r for r in run.history if "reward" in r]
     if not history:
         return []
     rewards = np.nan_to_num(np.asarray([r["reward"] for r in history], dtype=float), nan=-np.inf)
     order = sorted(range(len(history)), key=lambda i: (-rewards[i], i))
+    targets = constraint_targets(config or run.config)
     costs = plots.pareto_costs(history)
+    costs += [k for k in targets if k not in costs and any(k in (r.get("costs") or {}) for r in history)]
+
+    def verdict(r: dict[str, Any]) -> str:
+        c = r.get("costs") or {}
+        if not targets or any(c.get(k) is None for k in targets):
+            return "-"
+        return "yes" if all(c[k] <= t for k, t in targets.items()) else "no"
+
+    limits = ", ".join(f"{k} <= {t:,.6g}" for k, t in targets.items())
+    mode = str(((config or run.config).get("constraint") or {}).get("mode", "hard")) if targets else ""
     top = [[str(rank + 1), str(history[i].get("arch_id", "-")), fmt(history[i]["reward"], ".4g"),
-            *(fmt((history[i].get("costs") or {}).get(k), ".4g") for k in costs), _decisions(history[i].get("arch"))]
+            *(fmt((history[i].get("costs") or {}).get(k), ".4g") for k in costs),
+            *([verdict(history[i])] if targets else []), _decisions(history[i].get("arch"))]
            for rank, i in enumerate(order[:TOP_K])]
     blocks: list[Block] = [
         Text(f"{len(history)} archs evaluated; best reward {fmt(history[order[0]]['reward'], '.4g')} "
-             f"({history[order[0]].get('arch_id', '-')})."),
-        Table(["rank", "arch_id", "reward", *costs, "decisions"], top),
+             f"({history[order[0]].get('arch_id', '-')})."
+             + (f" Constraint ({mode}): {limits}." if targets else "")),
+        Table(["rank", "arch_id", "reward", *costs, *([f"within {limits}"] if targets else []), "decisions"], top),
         *_figure(f"{slug}-trajectory", plots.search_trajectory(history), "Reward per evaluation and best so far"),
         *_figure(f"{slug}-decisions", plots.decision_histograms(history),
                  "Decision options sampled in the first vs the last half of the search"),
@@ -95,7 +119,14 @@ def search_blocks(run: Run, slug: str) -> list[Block]:
                    Text(f"Pareto front (reward vs {costs[0]}): {len(front)} arch(s)."),
                    Table(["arch_id", "reward", *costs],
                          [[str(history[i].get("arch_id", "-")), fmt(history[i]["reward"], ".4g"),
-                           *(fmt(history[i]["costs"][k], ".4g") for k in costs)] for i in front])]
+                           *(fmt(history[i]["costs"].get(k), ".4g") for k in costs)] for i in front])]
+    for key, target in targets.items():
+        blocks += _figure(f"{slug}-constraint-{key}", plots.cost_vs_reward(history, key, target, mode),
+                          f"Reward vs {key}: the dashed line is the target {key} <= {target:,.6g} ({mode}); crosses "
+                          "are archs over it")
+        if not any(key in (r.get("costs") or {}) for r in history):
+            blocks.append(Text(f"The history records no {key} cost: the {key} constraint cannot be plotted.",
+                               note=True))
     return blocks
 
 
@@ -130,7 +161,7 @@ def run_blocks(run: Run, slug: str) -> list[Block]:
     blocks += _figure(f"{slug}-curves", plots.training_curves(series),
                       "Train loss and top-1 per epoch (" + ", ".join(series) + ")")
     for label, r in _stages(run):
-        found = search_blocks(r, slug if r is run else f"{slug}-{safe_dirname(label)}")
+        found = search_blocks(r, slug if r is run else f"{slug}-{safe_dirname(label)}", run.config)
         if found:
             blocks.append(Section(f"Search ({r.path.name if r is not run else run.name})", found))
     blocks += correlate_blocks(run)
@@ -159,6 +190,45 @@ def comparison_blocks(jobs: list[Run]) -> list[Block]:
         table, *_figure("comparison", plots.comparison(rows), "Test top-1 of the retrained winner vs total seconds")])]
 
 
+SEED_FIGURES = (("test top-1", lambda s: first(s.get("kd_test_top1_last"), s.get("test_top1_last")), ".2f"),
+                ("CE top-1", lambda s: s.get("ce_test_top1_last"), ".2f"),
+                ("KD - CE", lambda s: s.get("gain_test_top1_last"), "+.2f"),
+                ("best reward", lambda s: s.get("best_reward"), ".4g"),
+                ("seconds", lambda s: s.get("wall_seconds"), ".1f"))
+
+
+def _seed(job: Run) -> Any:
+    return job.config.get("seed", next((o.split("=", 1)[1] for o in job.overrides if o.startswith("seed=")), None))
+
+
+def mean_std(values: list[float], spec: str) -> str:
+    """``mean ± std`` (sample std, n - 1) of the values present; the mean alone for one value; ``-`` for none."""
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(float(np.mean(values)), spec)} ± {float(np.std(values, ddof=1)):{spec.lstrip('+')}}"
+
+
+def seed_blocks(jobs: list[Run]) -> list[Block]:
+    """One row per configuration (the job's overrides without ``seed=``) with mean ± std and n over its finished
+    seeds: shown when some configuration ran with several seeds."""
+    groups: dict[tuple[str, ...], list[Run]] = {}
+    for j in jobs:
+        if j.state == "ok" and j.summary:
+            groups.setdefault(tuple(o for o in j.overrides if not o.startswith("seed=")), []).append(j)
+    if not any(len({str(_seed(j)) for j in g}) > 1 for g in groups.values()):
+        return []
+    rows = [[" ".join(config) or "(no overrides)", str(len(g)), ",".join(str(_seed(j)) for j in g),
+             *(mean_std([get(j.summary) for j in g], spec) for _, get, spec in SEED_FIGURES)]
+            for config, g in groups.items()]
+    return [Section("Per configuration, over seeds", [
+        Text("Finished jobs grouped by their overrides without seed=: mean ± standard deviation over the seeds "
+             "(n - 1 in the denominator); n is the number of finished seeds. The per-job table is above."),
+        Table(["configuration", "n", "seeds", *(name + " (mean ± std)" for name, _, _ in SEED_FIGURES)], rows)])]
+
+
 def sweep_blocks(jobs: list[Run]) -> list[Block]:
     rows = [[j.path.name, j.name, j.task, j.state, " ".join(j.overrides) or "-",
              fmt(first(j.summary.get("kd_test_top1_last"), j.summary.get("test_top1_last"))),
@@ -166,6 +236,7 @@ def sweep_blocks(jobs: list[Run]) -> list[Block]:
     failed = [j for j in jobs if j.state != "ok"]
     blocks: list[Block] = [Section("Jobs", [Table(["folder", "name", "task", "status", "overrides", "test top-1",
                                                    "best reward", "seconds"], rows)])]
+    blocks += seed_blocks(jobs)
     if failed:
         blocks.append(Section("Failed or unfinished jobs", [Table(["folder", "status", "message"], [
             [j.path.name, j.state, j.message.splitlines()[0][:300] if j.message else "-"] for j in failed])]))
@@ -181,6 +252,7 @@ def build_report(target: Path, out: Path) -> dict[str, Any]:
     doc = Section(f"kdnas report: {target.resolve().name}", [
         Text(f"{kind} folder {target.resolve()} ({len(runs)} run(s)); generated {time.strftime('%Y-%m-%d %H:%M')}.")])
     doc.blocks += sweep_blocks(runs) if kind == "sweep" else run_blocks(runs[0], "run")
+    drop_empty_columns(doc)
     written = []
     for figure in figures(doc):
         atomic_write_bytes(out / "plots" / f"{figure.name}.png", figure.png)

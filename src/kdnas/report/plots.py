@@ -169,13 +169,39 @@ def comparison(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
         points = [(r["total_s"], r[key]) for r in rows if r.get(key) is not None]
         if points:
             ax.scatter(*zip(*points), marker=marker, s=40, label=f"winner, {label}")
-    for r in rows:
-        ax.annotate(str(r.get("strategy") or r["name"]), (r["total_s"], r["kd_top1"]), fontsize=7,
+    for r in rows:  # the compare row's name (cmp_diswot, ...): two rows may share a strategy
+        ax.annotate(str(r.get("name") or r.get("strategy")), (r["total_s"], r["kd_top1"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     teachers = {r["teacher_top1"] for r in rows if r.get("teacher_top1") is not None}
     for t in sorted(teachers):
         ax.axhline(t, color="grey", linestyle="--", linewidth=1)
     ax.set(xlabel="total seconds (search + retraining)", ylabel="test top-1 (%)",
            title="strategies at equal budget" + (" (dashed: teacher)" if teachers else ""))
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def cost_vs_reward(history: Sequence[Mapping[str, Any]], key: str, target: float, mode: str = "hard"
+                   ) -> bytes | None:
+    """Reward against the constrained cost ``key``, with the target as a vertical line: which archs the constraint
+    admitted, and what the best one gave up. Archs over the target are drawn apart."""
+    rows = [r for r in history if isinstance((r.get("costs") or {}).get(key), (int, float))]
+    if not rows:
+        return None
+    cost = np.asarray([r["costs"][key] for r in rows], dtype=float)
+    rewards = _rewards(rows)
+    over = cost > target
+    fig, (ax,) = _grid(1, width=6.5, height=4)
+    ax.scatter(cost[~over], rewards[~over], s=14, alpha=0.7, color="C0", label=f"{key} <= target")
+    if over.any():
+        ax.scatter(cost[over], rewards[over], s=14, alpha=0.7, color="C1", marker="x", label=f"{key} > target")
+    ok = np.isfinite(rewards) & ~over
+    if ok.any():
+        best = int(np.flatnonzero(ok)[np.argmax(rewards[ok])])
+        ax.scatter([cost[best]], [rewards[best]], s=90, facecolors="none", edgecolors="C3", linewidths=1.5,
+                   label="best within target")
+    ax.axvline(target, color="C3", linestyle="--", linewidth=1.2, label=f"target {key} = {target:g} ({mode})")
+    ax.set(xlabel=key, ylabel="reward", title=f"reward vs {key} under the constraint")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
     ax.legend(fontsize=7)
     return _png(fig)

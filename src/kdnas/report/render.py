@@ -44,6 +44,17 @@ class Section:
 Block = Text | Table | Figure | Section
 
 
+def drop_empty_columns(section: Section) -> None:
+    """Leave out every table column whose cells are all ``-`` (nothing recorded), in place, subsections included:
+    a column of dashes only tells the reader to look elsewhere."""
+    for i, block in enumerate(section.blocks):
+        if isinstance(block, Section):
+            drop_empty_columns(block)
+        elif isinstance(block, Table) and block.rows:
+            keep = [c for c in range(len(block.header)) if any(str(row[c]) != "-" for row in block.rows)]
+            section.blocks[i] = Table([block.header[c] for c in keep], [[row[c] for c in keep] for row in block.rows])
+
+
 def figures(section: Section) -> list[Figure]:
     """Every figure of ``section`` and its subsections, in document order."""
     out: list[Figure] = []
