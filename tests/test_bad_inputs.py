@@ -150,6 +150,27 @@ def test_damaged_checkpoint_is_refused(damage, needles: tuple[str, ...], finishe
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before and not marker.exists()
 
 
+def test_removing_a_corrupt_checkpoint_resumes_from_the_previous_one(finished_run: Path, tmp_path: Path) -> None:
+    """As the error says: delete the damaged folder and rerun; the run continues from epoch 1's checkpoint (it used
+    to start over, since the `latest` pointer named the deleted folder)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    for name in ("summary.json", "status.json", "model.safetensors"):  # as if killed before the end
+        (run_dir / name).unlink()
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    assert ckpt is not None and ckpt.name == "epoch_0002"
+    tamper(ckpt, tmp_path / "unused")
+    with pytest.raises(CheckpointError, match="epoch_0002") as info:
+        kdnas.run("train", [*TINY, "trainer.epochs=2"], run_dir=str(run_dir))
+    assert "previous checkpoint" in str(info.value)
+    shutil.rmtree(ckpt)
+    first_epoch = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    kdnas.run("train", [*TINY, "trainer.epochs=2"], run_dir=str(run_dir))
+    # epoch 1 was not trained again: its record (wall-clock seconds included) is the original one
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0]) == first_epoch
+    assert (run_dir / "summary.json").is_file() and latest_checkpoint(run_dir / "checkpoints").name == "epoch_0002"
+
+
 @pytest.mark.parametrize(("damage", "needles"), [
     (lambda path, marker: path.write_bytes(pickle.dumps(MakesMarker(marker))), ("never unpickles",)),
     (lambda path, marker: path.write_bytes(path.read_bytes()[:200]), ("corrupt or truncated",)),

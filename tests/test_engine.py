@@ -151,3 +151,23 @@ def test_written_files_respect_the_umask(umask: int, mode: int, tmp_path: Path) 
         os.umask(old)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 7 and {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: mode for p in files}
+
+
+@pytest.mark.parametrize(("nan_step", "kept"), [(1, None), (5, "epoch_0001")], ids=["before any", "after one"])
+def test_nan_message_names_the_checkpoint_that_exists(nan_step: int, kept: str | None, tmp_path: Path) -> None:
+    """The message named the checkpoints folder even when no checkpoint had been written."""
+    from kdnas.api import compose
+    from kdnas.context import RunContext, build_model
+    from kdnas.runs import RunDir
+
+    cfg = compose("train", [*SMOKE, "model=resnet8", "trainer.epochs=3", "trainer.max_steps_per_epoch=4",
+                            "trainer.log_every=2"])
+    ctx = RunContext(cfg, RunDir(tmp_path))
+    trainer = ctx.trainer(build_model(cfg.model, ctx.data.num_classes, 0), objective=NanAfter(nan_step))
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit()
+    message = str(info.value)
+    if kept is None:
+        assert "No checkpoint" in message and str(tmp_path / "checkpoints") not in message
+    else:
+        assert str(tmp_path / "checkpoints" / kept) in message and (tmp_path / "checkpoints" / kept).is_dir()

@@ -171,11 +171,23 @@ def save_checkpoint(directory: str | Path, tag: str, *, model_state: dict[str, t
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    pointer = Path(directory) / "latest"
-    if not pointer.is_file():
+    """The checkpoint the ``latest`` pointer names; when that folder is gone (removed as the error for a corrupt
+    checkpoint suggests), the newest remaining complete one, so a resume continues from it instead of starting
+    over. Tags sort by name (zero-padded epochs/steps)."""
+    directory = Path(directory)
+    pointer = directory / "latest"
+    if pointer.is_file():
+        path = directory / pointer.read_text().strip()
+        if path.is_dir():
+            return path
+    complete = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")
+                      and (p / "meta.json").is_file()) if directory.is_dir() else []
+    if not complete:
         return None
-    path = Path(directory) / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if pointer.is_file():
+        log.warning("checkpoint %s named by %s is gone: resuming from the previous one, %s",
+                    pointer.read_text().strip(), pointer, complete[-1])
+    return complete[-1]
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
@@ -192,8 +204,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     for name, digest in meta["sha256"].items():
         if not (path / name).is_file() or _sha256(path / name) != digest:
             raise CheckpointError(f"Checkpoint file {str(path / name)!r} is missing or does not match its "
-                                  "recorded sha256 (truncated or tampered). Delete the checkpoint folder and rerun, "
-                                  "or resume from an earlier one.")
+                                  f"recorded sha256 (truncated or tampered). Delete the folder {str(path)!r} and "
+                                  "rerun: the run resumes from the previous checkpoint (kdnas keeps two), or starts "
+                                  "over when there is none.")
     model_state = load_weights(path / "model.safetensors")
     tensors = load_weights(path / "state.safetensors")
     state = unpack(json.loads((path / "state.json").read_text()), tensors)

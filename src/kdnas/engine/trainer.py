@@ -187,6 +187,9 @@ class Trainer:
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
         """Checked on the sum over ranks, so that every rank stops at the same step."""
         if not torch.isfinite(distributed.all_sum(loss_sum)):
+            kept = latest_checkpoint(self.run.checkpoint_dir)  # the folder that exists, or none yet
+            where = f"The last good checkpoint is kept in {kept}." if kept is not None else (
+                "No checkpoint was written before it (nothing to resume from).")
             raise NonFiniteLossError(
                 f"The training loss became NaN/inf in epoch {epoch + 1}, by step {step + 1}. The last good checkpoint "
                 f"is kept in {self.run.checkpoint_dir}. Lower trainer.lr, set trainer.grad_clip (e.g. 5.0), or turn "
