@@ -191,10 +191,9 @@ class Trainer:
             where = f"The last good checkpoint is kept in {kept}." if kept is not None else (
                 "No checkpoint was written before it (nothing to resume from).")
             raise NonFiniteLossError(
-                f"The training loss became NaN/inf in epoch {epoch + 1}, by step {step + 1}. The last good checkpoint "
-                f"is kept in {self.run.checkpoint_dir}. Lower trainer.lr, set trainer.grad_clip (e.g. 5.0), or turn "
-                "trainer.amp off, and run again in a new folder or with resume=false (a changed config does not "
-                "resume this run's checkpoints).")
+                f"The training loss became NaN/inf in epoch {epoch + 1}, by step {step + 1}. {where} Lower trainer.lr, "
+                "set trainer.grad_clip (e.g. 5.0), or turn trainer.amp off, and run again in a new folder or with "
+                "resume=false (a changed config does not resume this run's checkpoints).")
 
     @torch.no_grad()
     def evaluate(self, split: str, model: nn.Module | None = None) -> dict[str, float]:
