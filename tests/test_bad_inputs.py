@@ -171,6 +171,22 @@ def test_removing_a_corrupt_checkpoint_resumes_from_the_previous_one(finished_ru
     assert (run_dir / "summary.json").is_file() and latest_checkpoint(run_dir / "checkpoints").name == "epoch_0002"
 
 
+def test_a_resumed_run_reports_the_wall_time_of_every_part(finished_run: Path, tmp_path: Path) -> None:
+    """wall_seconds counted only the last session of a run resumed after a kill."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    first = json.loads((run_dir / "sessions.json").read_text())["sessions"]
+    assert len(first) == 1 and first[0][1] > first[0][0]
+    for name in ("summary.json", "status.json", "model.safetensors"):  # killed during epoch 2
+        (run_dir / name).unlink()
+    shutil.rmtree(run_dir / "checkpoints" / "epoch_0002")
+    summary = kdnas.run("train", [*TINY, "trainer.epochs=2"], run_dir=str(run_dir))
+    sessions = json.loads((run_dir / "sessions.json").read_text())["sessions"]
+    assert len(sessions) == 2 and sessions[0] == first[0]
+    assert summary["wall_seconds"] == pytest.approx(sum(end - start for start, end in sessions))
+    assert summary["wall_seconds"] > summary["session_wall_seconds"] + 0.9 * (first[0][1] - first[0][0])
+
+
 @pytest.mark.parametrize(("damage", "needles"), [
     (lambda path, marker: path.write_bytes(pickle.dumps(MakesMarker(marker))), ("never unpickles",)),
     (lambda path, marker: path.write_bytes(path.read_bytes()[:200]), ("corrupt or truncated",)),

@@ -110,6 +110,7 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
                 if main:
                     shutil.rmtree(folder.checkpoint_dir, ignore_errors=True)
                     folder.metrics_path.unlink(missing_ok=True)
+                    folder.reset_sessions()
             elif (done := _finished_summary(folder, config_hash(cfg))) is not None:
                 log.info("already done: %s (resume=false runs it again)", folder.path)
                 return done
@@ -118,6 +119,7 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
             run = folder  # from here on, a failure is recorded in the folder's status.json
             if main:
                 run.write_status("running")
+                run.begin_session()  # wall_seconds sums every session of a resumed run
             task = get_task(cfg.task)
             ctx = RunContext(cfg, run)
             cleanup.callback(ctx.logger.close)
@@ -126,7 +128,8 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
             started = time.perf_counter()
             summary = task(ctx)
             summary = {"task": cfg.task, "run_dir": str(run.path), "config_hash": ctx.config_hash,
-                       "wall_seconds": time.perf_counter() - started, **summary}
+                       "wall_seconds": run.wall_seconds() or time.perf_counter() - started,
+                       "session_wall_seconds": time.perf_counter() - started, **summary}
             if main:
                 run.write_summary(summary)
                 _write_provenance(ctx, world.size)  # now with the data fingerprint

@@ -7,6 +7,7 @@ Layout of one run (documented in README "Run directory"):
     metrics.jsonl        one record per logged step/epoch ({"step", "epoch", "split", ...})
     summary.json         final figures (written last, atomically)
     status.json          ok | failed (+ the one-paragraph message) | running
+    sessions.json        [start, last alive] of every session of the run (a resumed run has several)
     checkpoints/         <tag>/ folders (safetensors + JSON) and a `latest` pointer file
 """
 
@@ -27,6 +28,13 @@ import torch
 from kdnas.utils import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
+_ACTIVE: list[RunDir] = []  # the run whose session this process is timing (heartbeat() updates it)
+
+
+def heartbeat() -> None:
+    """Mark the active run session alive now (every checkpoint does): a session killed later counts up to it."""
+    if _ACTIVE:
+        _ACTIVE[-1].heartbeat()
 _PACKAGES = ("kdnas", "torch", "torchvision", "hydra-core", "omegaconf", "timm", "numpy", "safetensors",
              "wandb")
 
@@ -66,6 +74,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoint_dir = self.path / "checkpoints"
+        self.sessions_path = self.path / "sessions.json"
+        self._session: int | None = None
 
     def write_provenance(self, *, data_fingerprint: str | None, device: str, extra: dict | None = None) -> None:
         atomic_write_json(self.path / "provenance.json", {
@@ -109,6 +119,43 @@ class RunDir:
     def write_status(self, status: str, message: str | None = None) -> None:
         atomic_write_json(self.path / "status.json",
                           {"schema_version": SCHEMA_VERSION, "status": status, "message": message})
+
+    def _sessions(self) -> list[list[float]]:
+        try:
+            return [list(map(float, s)) for s in read_json(self.sessions_path)["sessions"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+
+    def _write_sessions(self, sessions: list[list[float]]) -> None:
+        atomic_write_json(self.sessions_path, {"schema_version": SCHEMA_VERSION, "sessions": sessions})
+
+    def begin_session(self) -> None:
+        """Start timing this process's session of the run; :meth:`wall_seconds` sums every session, so a run
+        resumed after a kill reports the time of all its parts."""
+        now = time.time()
+        sessions = [*self._sessions(), [now, now]]
+        self._write_sessions(sessions)
+        self._session = len(sessions) - 1
+        _ACTIVE[:] = [self]
+
+    def heartbeat(self) -> None:
+        if self._session is None:
+            return
+        sessions = self._sessions()
+        if self._session < len(sessions):
+            sessions[self._session][1] = time.time()
+            self._write_sessions(sessions)
+
+    def wall_seconds(self) -> float | None:
+        """Wall-clock seconds of every session of this run up to now (None when this process timed none)."""
+        if self._session is None:
+            return None
+        self.heartbeat()
+        return sum(end - start for start, end in self._sessions())
+
+    def reset_sessions(self) -> None:
+        """resume=false: the run starts over, and so does its clock."""
+        self.sessions_path.unlink(missing_ok=True)
 
     def sub(self, name: str) -> RunDir:
         """A child run folder (one stage of a scheme or pipeline)."""

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from kdnas.errors import CheckpointError
+from kdnas.runs import heartbeat
 from kdnas.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("kdnas")
@@ -162,6 +163,7 @@ def save_checkpoint(directory: str | Path, tag: str, *, model_state: dict[str, t
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_bytes(directory / "latest", tag.encode())
+    heartbeat()  # the run's session lasted at least until here, should it be killed later
     tags = sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: p.stat().st_mtime_ns)
     for old in tags[:-keep] if keep > 0 else []:
