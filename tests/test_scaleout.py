@@ -19,7 +19,7 @@ import torch
 import kdnas
 from kdnas.api import compose
 from kdnas.config import DataConfig, TrainerConfig
-from kdnas.context import build_model, to_object
+from kdnas.context import build_model, config_hash, to_object
 from kdnas.data import build_data
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.objective import Objective
@@ -28,6 +28,7 @@ from kdnas.errors import ConfigError
 
 from .conftest import SMOKE
 from .test_cli import kdnas_cli
+from .test_config import without
 
 TINY = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=3"]
 MODELS, SEEDS = ("resnet14", "nope"), (0, 1)  # "nope" is not a model: those jobs fail
@@ -71,12 +72,7 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_unfinished(tmp_path: Path) 
     done, killed = job_folders(sweep)["0"], job_folders(sweep)["1"]
     done_summary = (done / "summary.json").read_bytes()
     killed_summary = json.loads((killed / "summary.json").read_text())
-    # what a kill in epoch 2 leaves behind: epoch 1's checkpoint, status "running", no summary or weights
-    shutil.rmtree(killed / "checkpoints" / "epoch_0002")
-    (killed / "checkpoints" / "latest").write_text("epoch_0001")
-    (killed / "status.json").write_text(json.dumps({"status": "running", "message": None}))
-    for name in ("summary.json", "model.safetensors"):
-        (killed / name).unlink()
+    kill_after_first_epoch(killed)
 
     proc = kdnas_cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -84,6 +80,71 @@ def test_sweep_rerun_skips_finished_jobs_and_resumes_unfinished(tmp_path: Path) 
     assert "resumed from" in (killed / "kdnas.log").read_text()
     resumed = json.loads((killed / "summary.json").read_text())
     assert resumed["test_top1_last"] == killed_summary["test_top1_last"] and status(killed)["status"] == "ok"
+
+
+def kill_after_first_epoch(folder: Path) -> None:
+    """What a kill in epoch 2 leaves behind: epoch 1's checkpoint, status "running", no summary or weights."""
+    shutil.rmtree(folder / "checkpoints" / "epoch_0002")
+    (folder / "checkpoints" / "latest").write_text("epoch_0001")
+    (folder / "status.json").write_text(json.dumps({"status": "running", "message": None}))
+    for name in ("summary.json", "model.safetensors"):
+        (folder / name).unlink()
+
+
+@pytest.mark.slow
+def test_sweep_rerun_finds_finished_jobs_by_what_they_compute(tmp_path: Path) -> None:
+    """Flags that change no result rename the job folders (teacher.cache: task=train reads no teacher); the rerun
+    finds each finished job by its config hash wherever it is in the sweep folder, trains nothing, and leaves one
+    folder per configuration (the sweep report listed every job twice)."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    assert kdnas_cli(*args, cwd=tmp_path).returncode == 0
+    summaries = {p: (p / "summary.json").read_bytes() for p in job_folders(sweep).values()}
+
+    proc = kdnas_cli(*args, "teacher.cache=off", "report.after_sweep=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"already done: {folder}" in proc.stdout for folder in summaries), proc.stdout
+    assert "epoch 1/" not in proc.stdout + proc.stderr  # nothing trained
+    assert sorted(p.parent for p in sweep.rglob(".hydra")) == sorted(summaries)
+    assert {p: (p / "summary.json").read_bytes() for p in summaries} == summaries
+    report = (sweep / "report" / "report.md").read_text()
+    assert all(report.count(folder.name) >= 1 for folder in summaries)
+
+
+def test_default_sweep_folder_is_not_timestamped() -> None:
+    """A rerun of the same sweep command lands in the same folder, so it can find its finished jobs."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=["task=train", "name=study"])
+    assert "now:" not in str(OmegaConf.to_container(cfg.hydra.sweep)["dir"])
+    assert cfg.hydra.sweep.dir == "outputs/train/study-multirun"
+
+
+@pytest.mark.slow
+def test_a_run_from_before_an_upgrade_that_added_keys_resumes(tmp_path: Path) -> None:
+    """A folder whose provenance an older kdnas wrote (its config had no data.aug_seed, trainer.sync_bn) resumes
+    under a kdnas that has them, at their defaults (every folder was once "another configuration" after an upgrade)."""
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "trainer.epochs=2"]
+    args = [*overrides, f"hydra.run.dir={run_dir}"]
+    assert kdnas_cli(*args, cwd=tmp_path).returncode == 0
+    finished = json.loads((run_dir / "summary.json").read_text())
+    kill_after_first_epoch(run_dir)
+    older = config_hash(without(compose("train", overrides), "data.aug_seed", "trainer.sync_bn"))
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    (run_dir / "provenance.json").write_text(json.dumps({**provenance, "config_hash": older}))
+    meta_path = run_dir / "checkpoints" / "epoch_0001" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if meta["config_hash"] != older:  # an older kdnas's checkpoint carries its hash too
+        meta_path.write_text(json.dumps({**meta, "config_hash": older}))
+
+    proc = kdnas_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in (run_dir / "kdnas.log").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["test_top1_last"] == finished["test_top1_last"]
 
 
 def test_finished_run_is_returned_not_rerun(tmp_path: Path) -> None:

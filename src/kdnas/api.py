@@ -15,11 +15,14 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.errors import ConfigCompositionException, HydraException
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from kdnas.config import register_configs
 from kdnas.engine import distributed
@@ -29,6 +32,10 @@ from kdnas.utils import read_json, resolve_device
 
 log = logging.getLogger("kdnas")
 register_configs()
+# conf/hydra: `hydra.searchpath: [file://conf]` adds ./conf (user experiments) when the working directory has one;
+# Hydra warns about it on every run where it does not.
+_NO_USER_CONF = r"provider=hydra\.searchpath in main, path=(file://)?conf is not available"
+warnings.filterwarnings("ignore", message=_NO_USER_CONF)
 # OSErrors of the disk or folder (full, quota, read-only, no permission): the user's to fix, not a bug.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -41,8 +48,28 @@ def safe_dirname(text: str, max_len: int = 80) -> str:
     return clean if len(clean) <= max_len else f"{clean[: max_len - 9]}-{stable_hash(text, 8)}"
 
 
-if not OmegaConf.has_resolver("kdnas_dirname"):
-    OmegaConf.register_new_resolver("kdnas_dirname", safe_dirname)
+def _help_tasks() -> str:
+    from kdnas.tasks.list_things import format_tasks
+
+    return format_tasks()
+
+
+def _help_groups() -> str:
+    from kdnas.tasks.list_things import format_groups
+
+    return format_groups()
+
+
+def _version() -> str:
+    from kdnas import __version__
+
+    return __version__
+
+
+for _name, _resolver in (("kdnas_dirname", safe_dirname), ("kdnas_help_tasks", _help_tasks),
+                         ("kdnas_help_groups", _help_groups), ("kdnas_version", _version)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
 
 
 def _run_path(cfg: DictConfig, default: Path) -> Path:
@@ -79,14 +106,43 @@ def _user_error(e: Exception, folder: str | Path) -> KdnasError | None:
         return e
     if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
         return storage_error(e, folder)
+    if isinstance(e, MissingMandatoryValue):
+        return ConfigError(f"{e.full_key} has no value ('???') and this run needs one: set it on the command line "
+                           f"({e.full_key}=...), or select the option that does not read it.")
     return None
 
 
-def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False) -> dict[str, Any] | None:
+def job_folders(sweep_dir: Path) -> Iterator[Path]:
+    """Every job folder under a sweep folder, at any depth (a folder Hydra wrote ``.hydra/`` into)."""
+    return (p.parent for p in sorted(sweep_dir.rglob(".hydra")) if p.is_dir())
+
+
+def _same_job_done(sweep_dir: Path, config_hash: str, own: Path) -> tuple[Path, dict[str, Any]] | None:
+    """A finished job under ``sweep_dir`` (other than ``own``) that computed this configuration, and its summary:
+    sweep reruns find finished jobs by what they compute, not by folder name (a result-neutral flag renames
+    every job folder; a reordered grid renumbers them)."""
+    for folder in job_folders(sweep_dir):
+        if folder.resolve() != own.resolve() and (done := _finished_summary(RunDir(folder), config_hash)) is not None:
+            return folder, done
+    return None
+
+
+def _drop_if_fresh(folder: Path) -> None:
+    """Remove a job folder that holds nothing but what Hydra wrote on job start (the job's result is elsewhere),
+    so that a sweep report lists each configuration once."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in folder.iterdir()} <= {".hydra", "kdnas.log"}:
+            shutil.rmtree(folder)
+
+
+def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False, sweep_dir: str | Path | None = None,
+            on_start: Callable[[Path], None] | None = None) -> dict[str, Any] | None:
     """Run ``cfg.task`` in ``run_dir``; return its summary (None when it failed and ``raise_errors`` is off).
 
     A run folder that already holds a finished run of the same configuration is not run again (unless
-    ``resume=false``). Under torchrun, every rank runs this; rank 0 alone writes the folder.
+    ``resume=false``), nor is a sweep job whose configuration a finished job anywhere under ``sweep_dir`` computed.
+    ``on_start(folder)`` runs once the folder is accepted, before anything is written to it. Under torchrun, every
+    rank runs this; rank 0 alone writes the folder.
     """
     from kdnas.context import RunContext, config_hash
     from kdnas.tasks import get_task
@@ -106,16 +162,25 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False)
                 cfg.run_dir = str(folder.path)
                 if not main:
                     cfg.logger.kind = "none"  # one wandb run per job: rank 0's
+            this_hash = config_hash(cfg)
             if str(cfg.resume).lower() == "false":
                 if main:
                     shutil.rmtree(folder.checkpoint_dir, ignore_errors=True)
                     folder.metrics_path.unlink(missing_ok=True)
                     folder.reset_sessions()
-            elif (done := _finished_summary(folder, config_hash(cfg))) is not None:
+            elif (done := _finished_summary(folder, this_hash)) is not None:
                 log.info("already done: %s (resume=false runs it again)", folder.path)
                 return done
+            elif sweep_dir is not None and (found := _same_job_done(Path(sweep_dir), this_hash, folder.path)):
+                log.info("already done: %s (the same configuration as this job; resume=false runs it again)",
+                         found[0])
+                if main:
+                    _drop_if_fresh(folder.path)
+                return found[1]
             else:
-                _refuse_other_config(folder, config_hash(cfg))
+                _refuse_other_config(folder, this_hash)
+            if on_start is not None and main:
+                on_start(folder.path)
             run = folder  # from here on, a failure is recorded in the folder's status.json
             if main:
                 run.write_status("running")
@@ -174,25 +239,135 @@ def _write_provenance(ctx: Any, world_size: int) -> None:
                                     "overrides": list(ctx.cfg.get("overrides_", []) or [])})
 
 
-def compose(task: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed config for ``task`` with Hydra's compose API (no run folder, no logging setup)."""
+class CompositionError(ConfigError, ConfigCompositionException):
+    """A config that does not compose (unknown key or option, wrong type, bad override syntax): a ConfigError for
+    kdnas's callers, still a ConfigCompositionException for Hydra's."""
+
+
+def composition_error(e: Exception) -> CompositionError:
+    """Hydra's composition failure (message and cause) as one paragraph."""
+    parts = [str(e), str(e.__cause__ or "")]
+    text = " ".join(" ".join(line.strip() for line in part.splitlines() if line.strip()) for part in parts if part)
+    return CompositionError(f"{text} Fix the override (`kdnas --help` lists the groups and their options; "
+                            "`kdnas OVERRIDES --cfg job` prints the composed config).")
+
+
+def _compose(overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
+    """The task config (with ``choices_``, the group options selected) and Hydra's own node, composed like the
+    CLI does (./conf included when the working directory has one); composition errors as CompositionError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=[f"task={task}", *overrides])
-    return cfg
+    try:
+        with initialize_config_module(config_module="kdnas.conf", version_base="1.3"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NO_USER_CONF)
+            cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: e.g. `experiment=null`
+        raise composition_error(e) from e
+    hydra_node = cfg.hydra
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]
+        cfg.choices_ = OmegaConf.to_container(hydra_node.runtime.choices)
+    return cfg, hydra_node
+
+
+def compose(task: str | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed config for ``task`` (None: whatever the overrides and experiment select) with Hydra's compose
+    API (no run folder, no logging setup)."""
+    return _compose([*([f"task={task}"] if task else []), *overrides])[0]
+
+
+def compose_defaults(overrides: Sequence[str]) -> dict[str, Any]:
+    """The resolved config that ``overrides`` (group options only) compose to, without ``hydra``: inside a running
+    Hydra app through its own config loader (the user's --config-dir and ./conf included)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    gh = GlobalHydra.instance()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_NO_USER_CONF)
+        if gh.is_initialized() and gh.hydra is not None:
+            cfg = gh.hydra.compose_config("config", list(overrides), run_mode=RunMode.RUN)
+        else:
+            with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
+                cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    with read_write(cfg), open_dict(cfg):
+        cfg.pop("hydra", None)
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # a default that only resolves with a value the user gives
+        out = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(out, dict)
+    return out
+
+
+def _job_logging_formats() -> dict[str, str]:
+    """The CLI's log formats (conf/hydra/job_logging/kdnas.yaml), so API runs log the same lines."""
+    from importlib.resources import files
+
+    spec = OmegaConf.load(str(files("kdnas.conf") / "hydra" / "job_logging" / "kdnas.yaml"))
+    return {name: str(f.format) for name, f in spec.formatters.items()}
+
+
+@contextlib.contextmanager
+def run_logging(folder: Path) -> Iterator[None]:
+    """For an API run: kdnas's log lines go to ``folder/kdnas.log`` (timestamped, as in the CLI) and, when the
+    caller has configured no logging, to stdout in the CLI's console format. Removed afterwards."""
+    formats = _job_logging_formats()
+    logger = logging.getLogger("kdnas")
+    folder.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(folder / "kdnas.log")
+    file_handler.setFormatter(logging.Formatter(formats["detailed"]))
+    handlers: list[logging.Handler] = [file_handler]
+    if not logging.getLogger().handlers and not logger.handlers:
+        console = logging.StreamHandler(sys.stdout)
+        console.setFormatter(logging.Formatter(formats["plain"]))
+        handlers.append(console)
+    level = logger.level
+    for handler in handlers:
+        logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def _write_hydra_folder(folder: Path, cfg: DictConfig, hydra_node: DictConfig, overrides: list[str]) -> None:
+    """``.hydra/`` as the CLI writes it: the task config, the overrides and Hydra's own config."""
+    out = folder / ".hydra"
+    out.mkdir(parents=True, exist_ok=True)
+    task_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if not str(k).endswith("_")])
+    OmegaConf.save(task_cfg, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), out / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_node}), out / "hydra.yaml")
 
 
 def run(task: str, overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Python API: run a task with command-line style overrides; return its summary (raises on failure)."""
-    cfg = compose(task, overrides)
+    """Python API: run a task with command-line style overrides; return its summary.
+
+    Like the CLI: the run folder gets ``.hydra/`` and ``kdnas.log``, and every user error (composition included)
+    raises a :class:`kdnas.errors.KdnasError` subclass. ``task="list"`` writes nothing and returns the listing.
+    """
+    args = [f"task={task}", *overrides]
+    cfg, hydra_node = _compose(args)
+    if cfg.task == "list":
+        from kdnas.tasks.list_things import listing
+
+        return listing(cfg)
     if run_dir is None:
         run_dir = Path("outputs") / task / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-{cfg.name}"
     with open_dict(cfg):
-        cfg.overrides_ = list(overrides)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, Path(run_dir) / "config.yaml")
-    summary = execute(cfg, run_dir, raise_errors=True)
+        cfg.overrides_ = args
+    folder = _run_path(cfg, Path(run_dir))
+    with run_logging(folder):
+        summary = execute(cfg, run_dir, raise_errors=True,
+                          on_start=lambda path: _write_hydra_folder(path, cfg, hydra_node, args))
     assert summary is not None
     return summary

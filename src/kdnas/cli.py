@@ -7,11 +7,13 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kdnas import __version__
-from kdnas.api import execute
+from kdnas.api import compose, execute
 from kdnas.callbacks import OUTCOME
+from kdnas.errors import KdnasError
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -19,12 +21,28 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     hc = HydraConfig.get()
     with open_dict(cfg):
         cfg.overrides_ = list(hc.overrides.task)
-    return execute(cfg, hc.runtime.output_dir)  # None when the task failed
+        cfg.choices_ = OmegaConf.to_container(hc.runtime.choices)
+    sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    return execute(cfg, hc.runtime.output_dir, sweep_dir=sweep_dir)  # None when the task failed
+
+
+def _list(args: list[str]) -> None:
+    """``kdnas task=list ...``: print the listing without a run folder (nothing to record)."""
+    from kdnas.tasks.list_things import listing
+
+    try:
+        listing(compose(None, args))
+    except KdnasError as e:
+        sys.exit(f"kdnas: error: {e}")
 
 
 def main() -> None:
-    if "--version" in sys.argv[1:]:
+    args = sys.argv[1:]
+    if "--version" in args:
         print(f"kdnas {__version__}")
+        return
+    if "task=list" in args and not any(a.startswith("-") for a in args):
+        _list(args)
         return
     _hydra_main()
     if not OUTCOME.failed:  # recorded by kdnas.callbacks.JobReport

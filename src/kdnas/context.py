@@ -3,6 +3,8 @@ and trainers the same way everywhere."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,14 +26,81 @@ from kdnas.utils import derive_seed, stable_hash
 
 log = logging.getLogger("kdnas")
 
-# Keys that do not change a run's result: excluded from the config hash that guards resume.
-VOLATILE_KEYS = ("resume", "traceback", "progress", "logger", "paths", "run_dir", "name", "overrides_")
+# Top-level keys that never change a run's result (where it writes, how it reports, how it resumes).
+VOLATILE_KEYS = ("resume", "traceback", "progress", "logger", "paths", "run_dir", "name", "overrides_", "choices_",
+                 "hydra", "experiment", "debug", "compare")
+# Keys inside groups that change speed, placement or bookkeeping but not the numbers (resume is exact whatever the
+# checkpoint cadence; candidates give the same results in any executor).
+NEUTRAL_KEYS = ("trainer.log_every", "trainer.checkpoint_every", "teacher.trainer.log_every",
+                "teacher.trainer.checkpoint_every", "teacher.cache", "teacher.train_if_missing", "teacher.retrain",
+                "search.executor", "search.workers", "search.slurm", "report.after_sweep")
+# The top-level keys a task's result depends on; a task not listed depends on every key but the volatile ones.
+TASK_READS: dict[str, tuple[str, ...]] = {
+    "train": ("task", "seed", "data", "model", "student", "trainer"),
+    "train_teacher": ("task", "seed", "data", "teacher"),
+    "distill": ("task", "seed", "data", "model", "student", "trainer", "teacher", "distill", "space"),
+}
+
+
+def _relevant(container: dict[str, Any], task: str) -> dict[str, Any]:
+    """The part of a resolved config that ``task``'s result depends on: its groups, without neutral keys."""
+    reads = TASK_READS.get(task)
+    out = {k: copy.deepcopy(v) for k, v in container.items()
+           if k not in VOLATILE_KEYS and (reads is None or k in reads)}
+    for dotted in NEUTRAL_KEYS:
+        *parents, leaf = dotted.split(".")
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def _changed(value: Any, default: Any) -> Any:
+    """The parts of ``value`` that differ from ``default`` (keys only ``default`` has are ignored: a key added to
+    kdnas later is absent from an older run's config); ``_SAME`` when nothing differs."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        out = {k: c for k, v in value.items() if (c := _changed(v, default.get(k, _ABSENT))) is not _SAME}
+        return out if out else _SAME
+    return _SAME if value == default else value
+
+
+_SAME, _ABSENT = object(), object()
+
+
+def _group_package(choice_key: str) -> str:
+    """The top-level key a defaults-list choice fills: ``trainer@teacher.trainer`` -> ``teacher``."""
+    return (choice_key.split("@", 1)[1] if "@" in choice_key else choice_key).split(".")[0].split("/")[0]
+
+
+@functools.lru_cache(maxsize=16)
+def _packaged_defaults(task: str, choices: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The resolved config that the group options ``choices`` ship with, before any value override, experiment
+    or debug overlay: the "defaults" a run's values are compared against."""
+    from kdnas.api import compose_defaults
+
+    return compose_defaults([f"task={task}", *(f"{k}={v}" for k, v in choices)])
 
 
 def config_hash(cfg: DictConfig) -> str:
+    """The identity of what a run computes: the group options it selected and every value of the keys its task
+    reads that differs from what those options ship with.
+
+    Values equal to the shipped defaults are left out, so a key that a later kdnas adds with a default (absent from
+    an older run's config, equal to the default in a newer one) does not change the hash: run folders survive
+    upgrades. Any changed value of a key the task reads does. Result-neutral keys (VOLATILE_KEYS, NEUTRAL_KEYS) and
+    groups the task does not read (TASK_READS) are never part of it.
+    """
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    return stable_hash({k: v for k, v in container.items() if k not in VOLATILE_KEYS})
+    task = str(container.get("task"))
+    reads = TASK_READS.get(task)
+    choices = tuple(sorted((k, str(v)) for k, v in (container.get("choices_") or {}).items()
+                           if v is not None and not k.startswith("hydra") and _group_package(k) not in VOLATILE_KEYS
+                           and (reads is None or _group_package(k) in reads)))
+    values = _changed(_relevant(container, task), _relevant(_packaged_defaults(task, choices), task))
+    return stable_hash({"task": task, "choices": dict(choices), "values": {} if values is _SAME else values})
 
 
 def to_object(node: Any, schema: type) -> Any:

@@ -1,29 +1,108 @@
-"""task=list: what this installation offers (models, tasks, stored teachers, and the registries the
-search and distillation layers add)."""
+"""task=list: what this installation offers, as values the command line accepts (the options of every config group,
+the networks ``model.name=`` and ``teacher.model=`` take, the loss terms), and the stored teachers with their recipe,
+data and seed. Writes no run folder."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from kdnas.context import RunContext
-from kdnas.distill.terms import TERMS
-from kdnas.models import list_models
-from kdnas.proxies import list_proxies
-from kdnas.spaces import list_spaces
-from kdnas.strategies import list_strategies
+from omegaconf import DictConfig
+
 from kdnas.tasks import TASKS
-from kdnas.teachers import TeacherStore
+
+# One line per task for `kdnas --help` and task=list (a test keeps it in step with TASKS).
+TASK_HELP = {
+    "train": "plain cross-entropy training of any zoo or timm network",
+    "train_teacher": "train a teacher and file it in the teacher store",
+    "distill": "distill a student from a teacher (KD, feature losses, schemes; distill.compare_ce=true adds CE)",
+    "search": "search a student architecture (DisWOT, zero-cost proxies, random, AKD, KDAS)",
+    "cream_search": "Cream of the Crop: one-shot supernet search with prioritized paths",
+    "pipeline": "search, then distill the winner with KD and train it with CE",
+    "correlate": "how well proxies rank architectures against their trained accuracy",
+    "cache": "list the cache (teacher logits, evals, teachers, data) with sizes and ages; cache.prune.* removes",
+    "export": "export a trained network (weights, ONNX, params/MACs/latency)",
+    "report": "Markdown + HTML report over a run, a search or a sweep",
+    "list": "this listing: group options, networks, losses, stored teachers",
+}
+# Groups whose options are internal (schemas the presets build on) or Hydra's own.
+_HIDDEN_SUFFIX = "_schema"
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    teachers = [{"model": e["model"], "data": e.get("data"), "test_top1": e.get("test_top1"), "path": e["path"]}
-                for e in TeacherStore(ctx.cache_dir).entries()]
-    listing = {"tasks": sorted(TASKS), "models": list_models(), "spaces": list_spaces(),
-               "strategies": [*list_strategies(), "cream"], "proxies": list_proxies(), "losses": sorted(TERMS),
-               "teachers": teachers}
-    for name, items in listing.items():
-        print(f"{name} ({len(items)}):")
-        for item in items:
-            print("  " + (item if isinstance(item, str) else
-                          f"{item['model']:<14} {item['data'] or '':<14} top1 {item['test_top1']}  {item['path']}"))
-    return listing
+@contextmanager
+def _config_loader() -> Iterator[Any]:
+    """Hydra's config loader: the running app's, else one over kdnas's configs (./conf included)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance().config_loader()
+        return
+    with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
+        yield GlobalHydra.instance().config_loader()
+
+
+def group_options() -> dict[str, list[str]]:
+    """Every config group and the options ``group=option`` accepts (what composes, internal schemas left out)."""
+    with _config_loader() as loader:
+        groups = [g for g in loader.list_groups("") if g != "hydra"]
+        return {g: [o for o in loader.get_group_options(g, config_name="config") if not o.endswith(_HIDDEN_SUFFIX)]
+                for g in sorted(groups)}
+
+
+def format_groups(indent: str = "  ") -> str:
+    return "\n".join(f"{indent}{group}: {', '.join(options)}" for group, options in group_options().items())
+
+
+def format_tasks(indent: str = "  ") -> str:
+    return "\n".join(f"{indent}{name:<14} {TASK_HELP.get(name, '')}" for name in sorted(TASKS))
+
+
+def _teacher_row(entry: dict[str, Any]) -> dict[str, Any]:
+    recipe = entry.get("recipe") or {}
+    identity = entry.get("data_identity") or {}
+    data = {k: identity[k] for k in ("max_train_per_class", "val_fraction", "split_seed", "augment", "image_size")
+            if identity.get(k) is not None}
+    return {"model": entry.get("model"), "data": entry.get("data"), "data_settings": data, "seed": entry.get("seed"),
+            "recipe": {k: recipe[k] for k in ("epochs", "train_split", "batch_size", "optimizer", "lr", "schedule",
+                                              "weight_decay") if k in recipe},
+            "test_top1": entry.get("test_top1"), "path": entry.get("path")}
+
+
+def _format_teacher(t: dict[str, Any]) -> str:
+    recipe = " ".join(f"{k}={v}" for k, v in t["recipe"].items()) or "?"
+    data = " ".join(f"{k}={v}" for k, v in t["data_settings"].items())
+    top1 = f"{t['test_top1']:.2f}" if isinstance(t["test_top1"], int | float) else "?"
+    return (f"{t['model']:<14} data={t['data']} {data}\n      seed={t['seed']} recipe: {recipe}\n"
+            f"      test top-1 {top1}  {t['path']}")
+
+
+def listing(cfg: DictConfig) -> dict[str, Any]:
+    """Print what ``task=``, each group, ``model.name=``/``teacher.model=`` and ``distill.weights.<term>=`` accept,
+    and the stored teachers; return it as a dict."""
+    from pathlib import Path
+
+    from kdnas.distill.terms import TERMS
+    from kdnas.models import list_models
+    from kdnas.teachers import TeacherStore
+
+    teachers = [_teacher_row(e) for e in TeacherStore(Path(str(cfg.paths.cache_dir)).expanduser()).entries()]
+    out = {"tasks": sorted(TASKS), "groups": group_options(), "models": [*list_models(), "timm:<name>"],
+           "losses": sorted(TERMS), "teachers": teachers}
+    print("tasks (task=NAME):")
+    print(format_tasks())
+    print("config groups (GROUP=OPTION):")
+    print(format_groups())
+    print(f"networks (model.name=NAME, teacher.model=NAME) ({len(out['models'])}):")
+    print("  " + ", ".join(out["models"]))
+    print(f"loss terms (distill.weights.TERM=WEIGHT) ({len(out['losses'])}):")
+    print("  " + ", ".join(out["losses"]))
+    print(f"stored teachers in {Path(str(cfg.paths.cache_dir)).expanduser() / 'teachers'} ({len(teachers)}):")
+    for t in teachers:
+        print("  " + _format_teacher(t))
+    return out
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    return listing(ctx.cfg)
