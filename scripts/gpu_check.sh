@@ -173,7 +173,8 @@ json.dump({"counts": counts, "tests": results, "durations": re.findall(r"^(\d+\.
           open(sys.argv[2], "w"), indent=2)
 EOF
 }
-run_stage pytest_gpu "${T_PYTEST:-190}" "$OUT/pytest_gpu.json" pytest_figures bash -c '
+# deterministic cuBLAS for the resume tests (trainer.deterministic=true); the benchmarks run without it
+run_stage pytest_gpu "${T_PYTEST:-190}" "$OUT/pytest_gpu.json" pytest_figures env CUBLAS_WORKSPACE_CONFIG=:4096:8 bash -c '
   "$0" -m pytest tests/test_gpu.py -m gpu -v -rA -p no:cacheprovider -o timeout=150 --durations=15 "${@:2}" 2>&1 \
     | tee "$1"; exit ${PIPESTATUS[0]}' "$PY" "$PYTEST_OUT" "${PYTEST_K[@]}"
 

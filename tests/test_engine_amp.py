@@ -57,13 +57,15 @@ def crash_then_resume(overrides: list[str], run_dir: Path, monkeypatch: pytest.M
     return kdnas.run("train", overrides, run_dir=str(run_dir))
 
 
-def assert_same_run(a: Path, b: Path, rtol: float = 0.0, atol: float = 0.0) -> None:
-    """Same metrics and final weights (exactly by default; within a tolerance for AMP on a GPU)."""
+def assert_same_run(a: Path, b: Path, rtol: float = 0.0, atol: float = 0.0, acc_atol: float = 0.0) -> None:
+    """Same metrics and final weights (exactly by default; within a tolerance for AMP on a GPU, where accuracies
+    may also differ by ``acc_atol`` points: one flipped image of a 100-image split is 1 point)."""
     ma, mb = metrics(a), metrics(b)
     assert [(r["epoch"], r["split"]) for r in ma] == [(r["epoch"], r["split"]) for r in mb]
     for ra, rb in zip(ma, mb):
-        numbers = [k for k in ra if k not in ("epoch", "split")]
-        assert [ra[k] for k in numbers] == pytest.approx([rb[k] for k in numbers], rel=rtol, abs=atol), ra
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=rtol, abs=atol), ra
+        for k in ("top1", "top5"):
+            assert ra.get(k) == pytest.approx(rb.get(k), abs=acc_atol), ra
     wa, wb = load_weights(a / "model.safetensors"), load_weights(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     for k in wa:
