@@ -31,6 +31,7 @@ from kdnas.strategies.cream import (
     lookahead_hypergradient,
     recalibrate_bn,
 )
+from kdnas.strategies.cream.search import CreamConfig, meta_update_due, warmup_epochs
 
 from .conftest import SMOKE
 
@@ -216,3 +217,18 @@ def test_search_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monkey
     again = [json.loads(line) for line in (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
         [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_warmup_and_meta_updates_follow_the_official_schedule() -> None:
+    """Official train.py trains with CE alone while ``epoch <= META_STA_EPOCH`` (20 of 120 epochs, 0-based), and
+    MetaMatchingNetwork.isUpdate updates when ``epoch > META_STA_EPOCH and batch_idx > 0 and batch_idx %
+    UPDATE_ITER == 0``."""
+    assert warmup_epochs(CreamConfig(), 120) == len([e for e in range(120) if e <= 20]) == 21
+    assert warmup_epochs(CreamConfig(warmup_epochs=3), 120) == 3
+    n, warm, every = 450, 2, 200  # epochs longer than UPDATE_ITER: the official steps exactly
+    official = [(e, b) for e in range(5) for b in range(n) if e >= warm and b > 0 and b % every == 0]
+    ours = [(e, b) for e in range(warm, 5) for b in range(n) if meta_update_due(b, n, e - warm, every)]
+    assert ours == official
+    n = 156  # shorter epochs (the bundled data at batch 64): counted from the end of the warm-up
+    ours = [(e - warm) * n + b for e in range(warm, 5) for b in range(n) if meta_update_due(b, n, e - warm, every)]
+    assert ours == [200, 400]

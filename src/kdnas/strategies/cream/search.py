@@ -69,10 +69,10 @@ class CreamConfig:
     gap: float = 5.0  # top-1 points by which a path must beat the worst entry (acc_gap)
     flops_max: float | None = None  # admission gate, FLOPs = 2 x MACs (paper "600M FLOPs" = 600M MACs = 1.2e9)
     admission: str = "batch"  # batch (official) | minival
-    warmup_fraction: float = 20 / 120  # META_STA_EPOCH / EPOCHS: no board, no distillation before
-    warmup_epochs: int | None = None  # overrides warmup_fraction
+    warmup_fraction: float = 21 / 120  # official: CE only while epoch <= META_STA_EPOCH = 20, i.e. 21 of 120 epochs
+    warmup_epochs: int | None = None  # overrides warmup_fraction (a count of epochs)
     distill: bool = True  # path distillation (false: SPOS training with a board)
-    meta_every: int = 200  # UPDATE_ITER, in global steps
+    meta_every: int = 200  # UPDATE_ITER (see meta_update_due)
     meta_lr: float = 1e-4  # META_LR
     slice_size: int = 4  # SLICE: images stored per entry, and the look-ahead's train / validation images
     bn_batches: int = 10  # training batches for BN recalibration before a path is evaluated
@@ -92,6 +92,22 @@ class CreamConfig:
 
 def cream_config(node: DictConfig | dict[str, Any] | None) -> CreamConfig:
     return dataclass_from_node(CreamConfig, node, "strategy", " for strategy cream")
+
+
+def warmup_epochs(cfg: CreamConfig, epochs: int) -> int:
+    """Epochs of CE-only training without a board: ``warmup_epochs``, else ``round(warmup_fraction * epochs)``."""
+    return cfg.warmup_epochs if cfg.warmup_epochs is not None else round(cfg.warmup_fraction * epochs)
+
+
+def meta_update_due(i: int, n: int, epochs_after_warmup: int, meta_every: int) -> bool:
+    """Whether step ``i`` (of ``n``) of the ``epochs_after_warmup``-th epoch after the warm-up updates the matching
+    network. Official ``MetaMatchingNetwork.isUpdate``: ``batch_idx > 0 and batch_idx % UPDATE_ITER == 0`` within
+    each epoch. An epoch of at most ``meta_every`` steps (the bundled data: 156 at batch 64) would then never
+    update, so there the steps are counted from the end of the warm-up instead (its first step excluded)."""
+    if n > meta_every:
+        return i > 0 and i % meta_every == 0
+    since = epochs_after_warmup * n + i
+    return since > 0 and since % meta_every == 0
 
 
 def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -124,8 +140,7 @@ class CreamSearch:
         self.strategy = CreamStrategy(space, seed=ctx.cfg.seed, board_size=self.cfg.board_size, gap=self.cfg.gap,
                                       flops_max=self.cfg.flops_max)
         self.macs = MacsTable(self.supernet)
-        self.warmup = self.cfg.warmup_epochs if self.cfg.warmup_epochs is not None else round(
-            self.cfg.warmup_fraction * self.tcfg.epochs)
+        self.warmup = warmup_epochs(self.cfg, self.tcfg.epochs)
         self.selection_split = self.trainer.eval_splits[0]
         self.minival = self._minival() if self.cfg.admission == "minival" else []
         self.mentor_net, self.mentor = self._mentor() if self.cfg.external_teacher else (None, None)
@@ -216,7 +231,7 @@ class CreamSearch:
                 group["lr"] = lr
             path = self.strategy.ask(1)[0]
             teachers = self.candidates() if self.cfg.distill and not warm else []
-            if teachers and step % self.cfg.meta_every == 0:
+            if teachers and meta_update_due(i, n, epoch - self.warmup, self.cfg.meta_every):
                 self.update_meta(batch, path, teachers, lr)
                 sums["meta_updates"] += 1
             logits = self.supernet(batch.x, path)
