@@ -4,6 +4,7 @@ a killed search resumes to the same trajectory; task=search, task=pipeline and t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ import torch
 import kdnas
 from kdnas.config import DataConfig
 from kdnas.data import build_data
-from kdnas.evaluators import ProxyEvaluator, ProxySettings, proxy_batches
+from kdnas.errors import ConfigError
+from kdnas.evaluators import CachedEvaluator, ProxyEvaluator, ProxySettings, proxy_batches
 from kdnas.models.resnet_cifar import build_cifar_resnet
 from kdnas.runs import RunDir
 from kdnas.search import run_search
@@ -25,6 +27,8 @@ from kdnas.spaces import Arch, create_space, load_arch
 from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies import Strategy, create_strategy
+from kdnas.strategies.kdas import KDASStrategy
+from kdnas.strategies.tabular import shipped_config
 
 from .conftest import SMOKE
 
@@ -161,8 +165,10 @@ def test_task_search_end_to_end_and_cached(tmp_path: Path) -> None:
     own_cache = [*SEARCH, f"paths.cache_dir={tmp_path / 'cache'}"]  # other tests' searches share the session cache
     summary = kdnas.run("search", own_cache, run_dir=tmp_path / "a")
     assert summary["evaluated"] == 8 and summary["cache_misses"] == 8
+    assert (summary["evaluator"], summary["reward_kind"]) == ("proxy", "proxy:diswot")  # the strategy's default
     records = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").open()]
     assert len(records) == 8 and {"arch_id", "arch", "reward", "scores", "costs"} <= set(records[0])
+    assert {r["reward_kind"] for r in records} == {"proxy:diswot"}
     assert {"diswot_semantic", "diswot_relational"} <= set(records[0]["scores"])
     arch = load_arch(tmp_path / "a" / "best_arch.json")
     assert arch.arch_id == summary["best_arch_id"] and arch.arch_id in {r["arch_id"] for r in records}
@@ -211,3 +217,137 @@ def test_task_correlate_writes_table_and_plots_and_caches(tmp_path: Path, monkey
     more = [o if o != "correlate.archs=6" else "correlate.archs=8" for o in CORRELATE]  # the 6 first, 2 untrained
     cut = kdnas.run("correlate", [*more, "correlate.cached_only=true"], run_dir=tmp_path / "d")
     assert cut["archs"] == 6 and _same(cut["spearman"], first["spearman"])
+
+
+# -- policy strategies through the loop: repeated archs, batches told across updates -----------------------------------
+
+
+class Trained(CachedEvaluator):
+    """A stand-in for candidate training through the real evaluation cache: a top-1 in [50, 70) from the arch id;
+    optionally killed on its n-th evaluate call."""
+
+    def __init__(self, cache_dir: Path, crash_on_call: int | None = None) -> None:
+        super().__init__(cache_dir, {"kind": "train", "test": "top-1 from the arch id"})
+        self.calls, self.crash_on_call = 0, crash_on_call
+
+    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.calls == self.crash_on_call:
+            raise KeyboardInterrupt("simulated kill")
+        return super().evaluate(archs)
+
+    def evaluate_one(self, arch: Arch) -> dict[str, Any]:
+        return {"reward": self.top1(arch.arch_id), "val_top1": self.top1(arch.arch_id)}
+
+    @staticmethod
+    def top1(arch_id: str) -> float:
+        return 50 + int(arch_id[:4], 16) % 200 / 10
+
+
+class Repeating(KDASStrategy):
+    """KDAS whose every batch ends with its previous arch again: a repeat, as a peaked policy draws."""
+
+    def ask(self, n: int) -> list[Arch]:
+        archs = super().ask(n)
+        return archs[:-1] + archs[-2:-1] if len(archs) >= 3 else archs
+
+
+def policy_search(name: str, run: Path, cache: Path, crash_on_call: int | None = None) -> Strategy:
+    """AKD (PPO) on resnet_cifar or KDAS (REINFORCE) on kdas_addon over resnet8, shipped settings but 4 rewards per
+    update, batches of 8, under a soft params target (alpha 0, beta -1), trained rewards labelled kd."""
+    if name == "akd":
+        space, limit = create_space("resnet_cifar"), 150_000
+        build: Any = lambda **kw: create_strategy({**shipped_config("akd"), "archs_per_update": 4}, space, **kw)  # noqa: E731
+    else:
+        space, limit = create_space("kdas_addon", base="resnet8"), 100_000
+        settings = {k: v for k, v in shipped_config("kdas").items() if k != "name"}
+        build = lambda **kw: Repeating(space, **{**settings, "round_budget": 8, **kw})  # noqa: E731
+    strategy = build(constraint=Constraint(params_max=limit, mode="soft", alpha=0.0, beta=-1.0),
+                     costs=CostModel(space, num_classes=10), seed=0)
+    run_search(strategy, Trained(cache, crash_on_call), RunDir(run), budget=24, batch=8, config_hash="h",
+               reward_kind="kd")
+    return strategy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["akd", "kdas"])
+def test_policy_search_with_repeats_and_batches_told_across_updates(name: str, tmp_path: Path) -> None:
+    """search.batch 8 > archs_per_update 4: each batch spans two updates, the second on samples the first
+    policy drew (off_policy > 0; the first is on-policy). A repeated arch is recorded identically each time, its
+    reward its top-1 times the cost factor once. A killed search resumes to the same history and updates."""
+    strategy = policy_search(name, tmp_path / "full", tmp_path / "cache")
+    records = [json.loads(line) for line in (tmp_path / "full" / "history.jsonl").open()]
+    assert len(records) == len(strategy.history) >= 17 and {r["reward_kind"] for r in records} == {"kd"}
+    for r in records:
+        assert r["accuracy"] == r["val_top1"] == Trained.top1(r["arch_id"])
+        assert r["reward"] == pytest.approx(r["accuracy"] * r["reward_factor"])
+    assert any(r["reward_factor"] < 1 for r in records)  # the target bites somewhere
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_id.setdefault(r["arch_id"], []).append({k: v for k, v in r.items() if k != "step"})
+    repeats = [rs for rs in by_id.values() if len(rs) > 1]
+    assert repeats and all(rs[0] == rest for rs in repeats for rest in rs[1:])
+    first_of_batch = [u["off_policy"] for u in strategy.updates[0::2]]
+    second_of_batch = [u["off_policy"] for u in strategy.updates[1::2]]
+    assert len(strategy.updates) >= 4 and set(first_of_batch) == {0.0} and min(second_of_batch) > 0
+    with pytest.raises(KeyboardInterrupt):
+        policy_search(name, tmp_path / "killed", tmp_path / "cache2", crash_on_call=3)
+    resumed = policy_search(name, tmp_path / "killed", tmp_path / "cache2")
+    assert (tmp_path / "killed" / "history.jsonl").read_text() == (tmp_path / "full" / "history.jsonl").read_text()
+    assert resumed.updates == strategy.updates
+
+
+def test_diswot_evolution_drops_the_worst_member_and_aging_the_oldest() -> None:
+    """A full population whose oldest member is the best and 4th the worst; one child joins: DisWOT's variant
+    drops the worst, aging evolution the oldest."""
+    rewards = [100.0, 50.0, 60.0, -10.0, 70.0, 80.0, 90.0, 55.0]
+    for variant, dropped in (("diswot", 3), ("aging", 0)):
+        strategy = create_strategy({**EVOLUTION, "variant": variant}, NARROW, seed=0)
+        members = strategy.ask(8)
+        strategy.tell(members, [{"reward": r} for r in rewards])
+        child = strategy.ask(1)
+        strategy.tell(child, [{"reward": 65.0}])
+        kept = [a.arch_id for a, _ in strategy.population]
+        assert kept == [a.arch_id for i, a in enumerate(members) if i != dropped] + [child[0].arch_id], variant
+
+
+def test_a_budget_within_the_population_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """search.budget <= strategy.population: the evolution never breeds; say so."""
+    logger = logging.getLogger("kdnas")
+    logger.addHandler(caplog.handler)
+    try:
+        create_strategy(EVOLUTION, NARROW).check_search(budget=8)  # population 8
+        assert "search.budget=8 <= strategy.population=8" in caplog.text
+        caplog.clear()
+        create_strategy(EVOLUTION, NARROW).check_search(budget=9)
+        assert "population" not in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
+
+
+AKD_README = [*SMOKE, "space=mbconv_akd", "strategy=akd", "constraint=latency", "teacher.model=resnet8"]
+
+
+@pytest.mark.slow
+def test_akd_and_its_reward_keys_refuse_what_they_cannot_measure(tmp_path: Path) -> None:
+    """A soft latency factor on a signed proxy score, and strategy.reward against search.objective: errors
+    before any training."""
+    with pytest.raises(ConfigError, match="search.evaluator=proxy rewards the proxy:diswot score"):
+        kdnas.run("search", [*AKD_README, "search.evaluator=proxy", "search.budget=2"], run_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="strategy.reward=ce but search.objective=kd"):
+        kdnas.run("search", [*AKD_README, "strategy.reward=ce", "search.objective=kd", "search.budget=2"],
+                  run_dir=tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_the_readme_akd_search_trains_its_candidates(tmp_path: Path) -> None:
+    """The README's AKD command trains candidates with KD (its paper's reward) and says so; strategy.reward=ce
+    alone trains them with CE."""
+    overrides = [*AKD_README, "search.budget=2", "search.batch=2", "trainer.max_steps_per_epoch=2"]
+    summary = kdnas.run("search", overrides, run_dir=tmp_path / "kd")
+    assert (summary["evaluator"], summary["reward_kind"]) == ("train", "kd")
+    records = [json.loads(line) for line in (tmp_path / "kd" / "history.jsonl").open()]
+    assert all(r["reward_kind"] == "kd" and 0 <= r["val_top1"] == r["accuracy"] <= 100 for r in records)
+    assert all(r["reward"] == pytest.approx(r["accuracy"] * r["reward_factor"]) for r in records)
+    ce = kdnas.run("search", [*overrides, "strategy.reward=ce"], run_dir=tmp_path / "ce")
+    assert ce["reward_kind"] == "ce" and ce["evaluator_fingerprint"] != summary["evaluator_fingerprint"]

@@ -210,6 +210,7 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
                      "train (candidates trained briefly, the paper's reward)" if kind == "train" else
                      f"proxy (candidates scored by proxy={cfg.proxy.name})")
         reward_kind = settings.objective if kind == "train" else f"proxy:{cfg.proxy.name}"
+        strategy.check_reward_kind(reward_kind)  # before a teacher is built or trained (run_search checks it all)
         if kind == "proxy":
             evaluator: Any = proxy_evaluator(ctx, space)
         else:
