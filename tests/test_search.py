@@ -311,8 +311,9 @@ def test_diswot_evolution_drops_the_worst_member_and_aging_the_oldest() -> None:
         assert kept == [a.arch_id for i, a in enumerate(members) if i != dropped] + [child[0].arch_id], variant
 
 
-def test_a_budget_within_the_population_warns(caplog: pytest.LogCaptureFixture) -> None:
-    """search.budget <= strategy.population: the evolution never breeds; say so."""
+def test_settings_that_change_nothing_warn(caplog: pytest.LogCaptureFixture) -> None:
+    """search.budget <= strategy.population: the evolution never breeds. A soft target on a strategy that does not
+    shape rewards (evolution, random) changes nothing. Say so."""
     logger = logging.getLogger("kdnas")
     logger.addHandler(caplog.handler)
     try:
@@ -321,6 +322,12 @@ def test_a_budget_within_the_population_warns(caplog: pytest.LogCaptureFixture) 
         caplog.clear()
         create_strategy(EVOLUTION, NARROW).check_search(budget=9)
         assert "population" not in caplog.text
+        soft = Constraint(params_max=100_000, mode="soft")
+        create_strategy({"name": "random"}, NARROW, constraint=soft).check_search(budget=9)
+        assert "the soft params target changes nothing" in caplog.text
+        caplog.clear()
+        create_strategy({"name": "akd"}, NARROW, constraint=soft).check_search(budget=9, reward_kind="kd")
+        assert not caplog.text
     finally:
         logger.removeHandler(caplog.handler)
 

@@ -48,6 +48,7 @@ class Strategy:
 
     name = ""
     default_evaluator = "proxy"  # what search.evaluator=null means for this strategy (proxy | train)
+    shapes_rewards = False  # a soft constraint shapes this strategy's rewards (else it changes nothing)
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
                  seed: int = 0, max_tries: int = 200) -> None:
@@ -89,6 +90,10 @@ class Strategy:
         cannot rank, warn about a wasteful one."""
         if reward_kind is not None:
             self.check_reward_kind(reward_kind)
+        if self.constraint.mode == "soft" and self.constraint.targets and not self.shapes_rewards:
+            log.warning("constraint.mode=soft only shapes the rewards of RL strategies (akd, kdas); strategy=%s ranks "
+                        "by the raw reward, so the soft %s target changes nothing. Use constraint.mode=hard to keep "
+                        "its candidates within the limit.", self.name, ", ".join(self.constraint.targets))
 
     def check_reward_kind(self, kind: str) -> None:
         """Raise ConfigError when this strategy cannot rank rewards of ``kind``; every kind is fine by default."""

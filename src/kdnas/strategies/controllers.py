@@ -308,6 +308,7 @@ class PolicyStrategy(Strategy):
     """
 
     default_evaluator = "train"  # a policy learns from trained top-1 (AKD, KDAS); search.evaluator=proxy opts out
+    shapes_rewards = True
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
                  seed: int = 0, max_tries: int = 200, algo: str = "reinforce", hidden: int = 64,

@@ -10,6 +10,10 @@ oldest member instead. ``strategy=zero_cost`` is the same search driven by anoth
 Fixes to the official loop: the parent always comes from the sample's best, every child is checked
 against the constraint (and re-drawn, up to ``max_tries`` mutations, then a fresh random arch), and no
 arch is proposed twice.
+
+The defaults population 16, sample 8, top-k 3 are kdnas's choices (DisWOT's Algorithm 1 names the quantities;
+these values are sized for 32-64-candidate budgets, not taken from the official code). A ``search.budget`` that
+does not exceed the population never breeds a child (a random search): :meth:`check_search` warns.
 """
 
 from __future__ import annotations
