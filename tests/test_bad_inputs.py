@@ -244,6 +244,18 @@ def test_weights_carry_their_sha256_and_a_bare_file_loads_with_a_warning(finishe
                 load_teacher(ctx)
 
 
+@pytest.mark.slow
+def test_a_damaged_teacher_store_entry_is_refused(tmp_path: Path) -> None:
+    """Store entries carry their sha256 in teacher.json too; a damaged one is not distilled from."""
+    tiny = [*TINY, "teacher.model=resnet8", "teacher.trainer.max_steps_per_epoch=2", "data.max_train_per_class=12"]
+    entry = Path(kdnas.run("train_teacher", tiny, run_dir=tmp_path / "teacher")["store_path"])
+    card = json.loads((entry / "teacher.json").read_text())
+    assert card["weights_sha256"] == sha256(entry / "model.safetensors")
+    zero_64_bytes(entry / "model.safetensors")
+    with pytest.raises(CheckpointError, match="teacher.retrain=true"):
+        load_teacher(RunContext(compose("distill", tiny), RunDir(tmp_path / "run")))
+
+
 @pytest.mark.parametrize(("overrides", "needles"), [
     (["teacher.checkpoint=/nowhere/teacher.safetensors"], ("not read by teacher=store", "teacher=checkpoint")),
     (["teacher=checkpoint", "teacher.checkpoint=/nowhere", "teacher.seed=3"], ("teacher.seed=3", "teacher=store")),
