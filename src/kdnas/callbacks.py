@@ -3,7 +3,8 @@ launched the run or sweep, and tell the CLI which jobs failed (kdnas.api.execute
 
 A single run's task returns None when it failed. A sweep's jobs may run in other processes or machines
 (joblib, submitit), so the launching process reads the job folders' ``status.json`` files instead; only
-the files this sweep wrote count, so that re-running a sweep into a fixed ``hydra.sweep.dir`` after fixing
+the files this sweep wrote count (a job skipped because a finished job computed its configuration writes
+none), so that re-running a sweep into a fixed ``hydra.sweep.dir`` after fixing
 a bad grid value does not report that value's old folder. With ``report.after_sweep=true`` a sweep ends with a
 report over its jobs in ``<hydra.sweep.dir>/report`` (kdnas.report).
 """
@@ -20,7 +21,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kdnas.api import storage_error
+from kdnas.api import job_folders, storage_error
 from kdnas.utils import read_json
 
 log = logging.getLogger("kdnas")
@@ -66,8 +67,8 @@ def _stamp(path: Path) -> tuple[int, int, int]:
 class JobReport(Callback):
     """Checks the output folder can be created, then records failed jobs in ``OUTCOME``.
 
-    A sweep's job folders are one level below ``hydra.sweep.dir`` (kdnas's subdir name is sanitised to one
-    folder level).
+    A sweep's job folders are the folders under ``hydra.sweep.dir`` that Hydra wrote ``.hydra/`` into, at any
+    depth (kdnas's own subdir name is one folder level; a user's ``hydra.sweep.subdir`` may nest).
     """
 
     def __init__(self) -> None:
@@ -85,10 +86,13 @@ class JobReport(Callback):
         OUTCOME.sweep = True
         self.sweep_dir = Path(config.hydra.sweep.dir)
         _make_folder(self.sweep_dir)
-        self.before = {p: _stamp(p) for p in self.sweep_dir.glob("*/status.json")}
+        self.before = {p: _stamp(p) for p in self._status_files()}
+
+    def _status_files(self) -> list[Path]:
+        return [job / "status.json" for job in job_folders(self.sweep_dir) if (job / "status.json").is_file()]
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        for status_file in sorted(self.sweep_dir.glob("*/status.json")):
+        for status_file in self._status_files():
             if self.before.get(status_file) == _stamp(status_file):
                 continue  # not written by this sweep: an earlier sweep's job, or one skipped as already done
             status = read_json(status_file)

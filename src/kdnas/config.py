@@ -138,12 +138,9 @@ class KdnasConfig:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    # The root schema types every group it declares; per-group schema options would only show up as choices
+    # (`model=model_schema`) in Hydra's "available options" and `kdnas --help`.
     cs.store(name="kdnas_schema", node=KdnasConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="teacher", name="teacher_schema", node=TeacherConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
     from kdnas.distill.terms import register_schema as register_distill_schema
 
     register_distill_schema()

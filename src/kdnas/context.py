@@ -80,7 +80,12 @@ def _packaged_defaults(task: str, choices: tuple[tuple[str, str], ...]) -> dict[
     or debug overlay: the "defaults" a run's values are compared against."""
     from kdnas.api import compose_defaults
 
-    return compose_defaults([f"task={task}", *(f"{k}={v}" for k, v in choices)])
+    try:
+        return compose_defaults([f"task={task}", *(f"{k}={v}" for k, v in choices)])
+    except Exception as e:  # an option only a command-line hydra.searchpath finds: hash every value instead
+        log.warning("config hash: the options %s do not compose alone (%s: %s); hashing every value",
+                    dict(choices), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return {}
 
 
 def config_hash(cfg: DictConfig) -> str:
