@@ -107,27 +107,6 @@ def test_channels_last_on_gpu(data: DataModule, tmp_path: Path) -> None:
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
 
 
-# -- torch.compile --------------------------------------------------------------------------------------------
-
-
-def test_compile_zoo_model_on_gpu(tmp_path: Path) -> None:
-    summary = kdnas.run("train", [*GPU, "model=resnet8", "trainer.compile=true", "trainer.max_steps_per_epoch=3"],
-                        run_dir=str(tmp_path))
-    assert isinstance(summary["test_top1_last"], float)
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path))
-    assert not any(k.startswith("_orig_mod.") for k in load_weights(tmp_path / "model.safetensors"))
-
-
-def test_compile_searched_candidate_distilled_on_gpu(tmp_path: Path) -> None:
-    arch = create_space("resnet_cifar").make({"depth1": 1, "depth2": 1, "depth3": 1})
-    (tmp_path / "best_arch.json").write_text(json.dumps(arch.to_json()))
-    cfg = compose("distill", [*GPU, "teacher.model=resnet8", "distill=kd", "trainer.compile=true", "trainer.amp=bf16",
-                              "trainer.max_steps_per_epoch=3", f"student.arch={tmp_path / 'best_arch.json'}"])
-    summary = execute(cfg, tmp_path / "run", raise_errors=True)
-    assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / "run"))
-
-
 # -- distillation on the device ---------------------------------------------------------------------------------
 
 
@@ -241,3 +220,24 @@ def test_pool_workers_pinned_to_their_gpu(tmp_path: Path) -> None:
         futures = [pool.process_pool().submit(worker_gpu) for _ in range(4)]
         seen = [f.result(timeout=300) for f in futures]
     assert all(s["visible"] in pool.gpus and s["count"] == 1 and s["sum"] == 4.0 for s in seen), seen
+
+
+# -- torch.compile (last: compilation is the slowest part) -------------------------------------------------------
+
+
+def test_compile_zoo_model_on_gpu(tmp_path: Path) -> None:
+    summary = kdnas.run("train", [*GPU, "model=resnet8", "trainer.compile=true", "trainer.max_steps_per_epoch=3"],
+                        run_dir=str(tmp_path))
+    assert isinstance(summary["test_top1_last"], float)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path))
+    assert not any(k.startswith("_orig_mod.") for k in load_weights(tmp_path / "model.safetensors"))
+
+
+def test_compile_searched_candidate_distilled_on_gpu(tmp_path: Path) -> None:
+    arch = create_space("resnet_cifar").make({"depth1": 1, "depth2": 1, "depth3": 1})
+    (tmp_path / "best_arch.json").write_text(json.dumps(arch.to_json()))
+    cfg = compose("distill", [*GPU, "teacher.model=resnet8", "distill=kd", "trainer.compile=true", "trainer.amp=bf16",
+                              "trainer.max_steps_per_epoch=3", f"student.arch={tmp_path / 'best_arch.json'}"])
+    summary = execute(cfg, tmp_path / "run", raise_errors=True)
+    assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / "run"))
