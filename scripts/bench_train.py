@@ -149,6 +149,7 @@ def main() -> None:
     names = [n for n in args.configs.split(",") if n]
     if not names:
         return
+    report.update(fp32_means="amp off, float32 weights; on CUDA the engine allows TF32 matmul/cuDNN (apply_runtime)")
     speeds: dict[str, float] = {}
     compile_s: dict[str, float] = {}
     for name in names:  # one at a time (a compiled resnet56 holds its own graphs), each warmed up first

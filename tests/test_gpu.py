@@ -107,6 +107,24 @@ def test_channels_last_on_gpu(data: DataModule, tmp_path: Path) -> None:
     assert losses[True] == pytest.approx(losses[False], rel=1e-2)
 
 
+@cuda_only
+def test_cudnn_benchmark_follows_determinism(data: DataModule, tmp_path: Path) -> None:
+    """trainer.deterministic=false turns cuDNN autotuning on (the fast setting the benchmarks use), true turns it
+    off for reproducible resumes; either way a step trains."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        for deterministic in (False, True):
+            cfg = TrainerConfig(epochs=1, batch_size=16, max_steps_per_epoch=2, device=DEVICE,
+                                deterministic=deterministic)
+            trainer = Trainer(cfg, create_model("resnet8", num_classes=10), data, RunDir(tmp_path / str(deterministic)),
+                              seed=0, config_hash="cudnn", progress=False)
+            assert torch.backends.cudnn.benchmark is not deterministic
+            assert torch.backends.cudnn.deterministic is deterministic
+            assert torch.isfinite(torch.tensor(trainer.train_epoch(0)["loss"]))
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
 # -- distillation on the device ---------------------------------------------------------------------------------
 
 
