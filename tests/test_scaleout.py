@@ -276,7 +276,7 @@ KILL_POINTS = {  # seeded: where the run dies
 
 def comparable(run_dir: Path) -> tuple[dict, list[dict], bytes]:
     """Summary and metrics without timings, and the final weights' bytes."""
-    timing = {"wall_seconds", "train_seconds_this_session", "run_dir", "img_per_s", "seconds"}
+    timing = {"wall_seconds", "session_wall_seconds", "train_seconds_this_session", "run_dir", "img_per_s", "seconds"}
     summary = {k: v for k, v in json.loads((run_dir / "summary.json").read_text()).items() if k not in timing}
     metrics = [{k: v for k, v in json.loads(line).items() if k not in timing}
                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
