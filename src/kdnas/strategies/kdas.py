@@ -4,8 +4,8 @@ Search", AAAI 2020), the iterative search over ``space=kdas_addon``.
 Each round an ENAS-macro controller (Pham et al. ICML 2018: one LSTM layer of 64, tanh constant 1.5, op
 tanh reduce 2.5, entropy weight 1e-4, skip target 0.4 with KL weight 0.8, Adam lr 1e-3, REINFORCE with a
 0.99 moving-average baseline) samples one added layer per stage of the current backbone (op + skip links);
-the loop's train evaluator distils each candidate briefly (``distill=oracle`` from ``teacher=ensemble
-teacher.combine=oracle``, Eq. 4) and its mini-val accuracy is the reward, times the constraint factor
+the loop's train evaluator (this strategy's default) distils each candidate briefly (``distill=oracle`` from
+``teacher=ensemble teacher.combine=oracle``, Eq. 4) and its mini-val accuracy is the reward, times the constraint factor
 (penalised above the parameter budget M with ``constraint.mode=soft constraint.alpha=0 constraint.beta=-1``,
 or rejected with ``hard``; Eq. 7, ``|m| <= M``).
 
