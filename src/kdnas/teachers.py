@@ -185,6 +185,7 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
             return store.root / key, read_json(store.root / key / "teacher.json")  # complete: renamed in whole
         packaged = None if force else packaged_teacher(key)
         if packaged is not None:  # shipped with kdnas for this exact key: file it, train nothing
+            load_verified_weights(packaged / "model.safetensors")  # its card's sha256: a damaged install fails here
             card = read_json(packaged / "teacher.json")
             log.info("teacher %s: the one packaged with kdnas (test top-1 %s, %s), filed in the store as %s",
                      tcfg.model, card.get("test_top1"), card.get("regenerate", ""), key)
