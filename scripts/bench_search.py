@@ -21,7 +21,7 @@ candidates in ``space=resnet_cifar_large`` with an instant evaluator, checkpoint
 loop) vs every 30 s; and with ``--cli`` the whole ``kdnas task=search strategy=diswot`` run through the CLI
 (resnet56 teacher, one thread), wall time measured around the process.
 
-    python scripts/bench_search.py train --teachers resnet56,resnet20,resnet110 --archs 8 --per-class 200 --workers
+    python scripts/bench_search.py train --teachers resnet56,resnet20,resnet110 --archs 8 --per-class 100 --workers
     python scripts/bench_search.py loop --budget 5000 --cli 5000
 """
 
@@ -41,7 +41,9 @@ import torch
 from safetensors.torch import save_file
 
 from kdnas.api import compose
+from kdnas.config import DataConfig
 from kdnas.context import RunContext
+from kdnas.data import build_data
 from kdnas.engine.trainer import write_model_card
 from kdnas.evaluators import TrainEvaluator, evaluation_pool, sample_archs, train_evaluator
 from kdnas.models import create_model
@@ -54,9 +56,25 @@ from kdnas.utils import derive_seed
 SEED = 0
 
 
+def shared_data(root: Path) -> Path:
+    """The decoded data every cache root of a benchmark run shares."""
+    shared = Path(os.environ.get("KDNAS_CACHE_DIR", root.parent / "shared")) / "data"
+    shared.mkdir(parents=True, exist_ok=True)
+    return shared
+
+
 def teacher_file(root: Path, model: str) -> Path:
+    """Random-init weights with batch-norm statistics calibrated on a few batches (a deep random net's eval-mode
+    logits otherwise overflow the cache's fp16)."""
     torch.manual_seed(0)
     net = create_model(model, num_classes=10)
+    data = build_data(DataConfig(max_train_per_class=20), shared_data(root), shared_data(root).parent)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a cumulative average over the calibration batches
+    with torch.no_grad():
+        for batch in data.loader("train", 64, train=True, seed=0, max_batches=4).epoch(0):
+            net.train()(batch.x)
     path = root / f"teacher-{model}" / "model.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
@@ -67,8 +85,7 @@ def teacher_file(root: Path, model: str) -> Path:
 def context(root: Path, teacher: str, ckpt: Path, cache: str, threads: int, per_class: int, tag: str) -> RunContext:
     """A search run's context on the mini split; the decoded data is shared by every cache root (a symlink)."""
     root.mkdir(parents=True, exist_ok=True)
-    shared = Path(os.environ.get("KDNAS_CACHE_DIR", root.parent / "shared")) / "data"
-    shared.mkdir(parents=True, exist_ok=True)
+    shared = shared_data(root)
     if not (root / "data").exists():
         (root / "data").symlink_to(shared)
     cfg = compose("search", [
@@ -152,7 +169,7 @@ def bench_train(args: argparse.Namespace) -> None:
     for teacher in args.teachers.split(","):
         bench_teacher(work, teacher, archs, args.per_class)
     if args.workers:
-        bench_workers(work, args.teachers.split(",")[0], archs, warm, args.per_class)
+        bench_workers(work, args.workers_teacher, archs, warm, args.per_class)
 
 
 class Instant:
@@ -171,7 +188,7 @@ def bench_loop(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
     print(f"{time.strftime('%Y-%m-%d')}  loop overhead: {args.budget} DisWOT-evolution candidates, resnet_cifar_large, "
           "instant evaluator")
-    for every in (0.0, 30.0, 0.0, 30.0):  # interleaved twice
+    for every in [30.0, 0.0] * args.repeats:  # interleaved
         strategy = create_strategy(cfg, space, seed=SEED)
         start = time.perf_counter()
         summary = run_search(strategy, Instant(), RunDir(work / f"every-{every}-{time.time()}"), budget=args.budget,
@@ -202,8 +219,10 @@ def main() -> None:
     train.add_argument("--archs", type=int, default=8)
     train.add_argument("--per-class", type=int, default=200, help="mini-split train images per class")
     train.add_argument("--workers", action="store_true")
+    train.add_argument("--workers-teacher", default="resnet56")
     loop = sub.add_parser("loop")
     loop.add_argument("--budget", type=int, default=5000)
+    loop.add_argument("--repeats", type=int, default=1)
     loop.add_argument("--cli", type=int, default=0, help="also run task=search with this budget through the CLI")
     args = ap.parse_args()
     bench_train(args) if args.what == "train" else bench_loop(args)
