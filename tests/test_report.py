@@ -222,15 +222,30 @@ def test_constrained_search_report_shows_the_constraint_and_its_plot(tmp_path: P
               run_dir=tmp_path / "search")
     history = [json.loads(line) for line in (tmp_path / "search" / "history.jsonl").open()]
     summary, md = report(tmp_path / "search", tmp_path / "report")
-    assert f"Constraint (hard): params <= {limit:,}." in md
-    header = next(t[0] for t in md_tables(md) if t[0][:3] == ["rank", "arch_id", "reward"])
-    assert header[3] == "params" and f"within params <= {limit:,}" in header
-    verdicts = [row[header.index(f"within params <= {limit:,}")] for row in next(
-        t for t in md_tables(md) if t[0] == header)[1:]]
-    assert verdicts and set(verdicts) <= {"yes", "no"}
     assert all(r["costs"]["params"] <= limit for r in history)  # a hard constraint admits no arch over it
+    assert (f"Constraint (hard: archs over it are rejected before they are scored): params <= {limit:,}; "
+            f"{len(history)} of {len(history)} evaluated archs within it.") in md
+    header = next(t[0] for t in md_tables(md) if t[0][:3] == ["rank", "arch_id", "reward"])
+    assert header[3] == "params" and not any(h.startswith("within") for h in header)  # all "yes" says nothing
     assert (tmp_path / "report" / "plots" / "run-constraint-params.png").stat().st_size > 1000
     assert_no_empty_column(md)
+
+
+def test_soft_constraint_report_marks_the_archs_over_the_target(tmp_path: Path) -> None:
+    run = tmp_path / "search"
+    _write(run / ".hydra" / "config.yaml",
+           "task: search\nconstraint:\n  params_max: 100\n  macs_max: 20000000\n  mode: soft\n")
+    _write(run / "status.json", {"status": "ok", "message": None})
+    _write(run / "history.jsonl", "".join(json.dumps({"arch_id": f"a{i}", "arch": {"d": i}, "reward": r,
+                                                      "costs": {"params": p, "flops": 1e6 * p / 3}}) + "\n"
+                                          for i, (r, p) in enumerate([(0.9, 150), (0.8, 90), (0.5, 60)])))
+    md = Path(build_report(run, tmp_path / "report")["report_md"]).read_text()
+    # MACs are not recorded: half the FLOPs (2.5e7, 1.5e7, 1e7); a0 is over both targets
+    assert ("Constraint (soft: archs over it are scored with a penalty): params <= 100, macs <= 20.00M; 2 of 3 "
+            "evaluated archs within it.") in md
+    assert "| 1 | a0 | 0.9 | 150 | 5e+07 | 2.5e+07 | no | d=0 |\n| 2 | a1 | 0.8 | 90 | 3e+07 | 1.5e+07 | yes | d=1 |" in md
+    for key in ("params", "macs"):
+        assert (tmp_path / "report" / "plots" / f"run-constraint-{key}.png").stat().st_size > 1000
 
 
 def test_report_over_a_train_run_has_no_all_dash_column(tmp_path: Path) -> None:

@@ -77,6 +77,22 @@ def constraint_targets(config: dict[str, Any]) -> dict[str, float]:
     return {cost: float(node[limit]) for limit, cost in LIMITS.items() if isinstance(node.get(limit), (int, float))}
 
 
+def target_text(value: float) -> str:
+    """A constraint target a reader can take in: 272,474 or 21.94M (not 2.19388e+07)."""
+    return f"{value / 1e6:,.2f}M" if abs(value) >= 1e6 else f"{value:,.6g}"
+
+
+def with_macs_and_flops(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with MACs from FLOPs (or FLOPs from MACs) added to its costs when only one is recorded (FLOPs =
+    2 x MACs), as a new dict: a MACs constraint is checked and plotted on a history that stores FLOPs."""
+    costs = dict(record.get("costs") or {})
+    if "flops" in costs and "macs" not in costs:
+        costs["macs"] = costs["flops"] / 2
+    elif "macs" in costs and "flops" not in costs:
+        costs["flops"] = 2 * costs["macs"]
+    return {**record, "costs": costs} if costs else record
+
+
 def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> list[Block]:
     """Top archs, trajectory, decision histograms and Pareto fronts of one search's history.jsonl; under a
     constraint (``config``: the run's composed config) its columns, each arch's verdict and reward vs the
@@ -87,6 +103,8 @@ def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> 
     rewards = np.nan_to_num(np.asarray([r["reward"] for r in history], dtype=float), nan=-np.inf)
     order = sorted(range(len(history)), key=lambda i: (-rewards[i], i))
     targets = constraint_targets(config or run.config)
+    if targets:
+        history = [with_macs_and_flops(r) for r in history]
     costs = plots.pareto_costs(history)
     costs += [k for k in targets if k not in costs and any(k in (r.get("costs") or {}) for r in history)]
 
@@ -96,17 +114,23 @@ def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> 
             return "-"
         return "yes" if all(c[k] <= t for k, t in targets.items()) else "no"
 
-    limits = ", ".join(f"{k} <= {t:,.6g}" for k, t in targets.items())
+    limits = ", ".join(f"{k} <= {target_text(t)}" for k, t in targets.items())
     mode = str(((config or run.config).get("constraint") or {}).get("mode", "hard")) if targets else ""
+    over = sum(verdict(r) == "no" for r in history)
+    # a verdict column only where it tells something: all "yes" (a hard constraint rejects archs before scoring)
+    verdicts = bool(targets) and any(verdict(r) != "yes" for r in history)
     top = [[str(rank + 1), str(history[i].get("arch_id", "-")), fmt(history[i]["reward"], ".4g"),
             *(fmt((history[i].get("costs") or {}).get(k), ".4g") for k in costs),
-            *([verdict(history[i])] if targets else []), _decisions(history[i].get("arch"))]
+            *([verdict(history[i])] if verdicts else []), _decisions(history[i].get("arch"))]
            for rank, i in enumerate(order[:TOP_K])]
+    said = {"hard": "archs over it are rejected before they are scored",
+            "soft": "archs over it are scored with a penalty"}.get(mode, mode)
     blocks: list[Block] = [
         Text(f"{len(history)} archs evaluated; best reward {fmt(history[order[0]]['reward'], '.4g')} "
              f"({history[order[0]].get('arch_id', '-')})."
-             + (f" Constraint ({mode}): {limits}." if targets else "")),
-        Table(["rank", "arch_id", "reward", *costs, *([f"within {limits}"] if targets else []), "decisions"], top),
+             + (f" Constraint ({mode}: {said}): {limits}; {len(history) - over} of {len(history)} evaluated archs "
+                "within it." if targets else "")),
+        Table(["rank", "arch_id", "reward", *costs, *([f"within {limits}"] if verdicts else []), "decisions"], top),
         *_figure(f"{slug}-trajectory", plots.search_trajectory(history), "Reward per evaluation and best so far"),
         *_figure(f"{slug}-decisions", plots.decision_histograms(history),
                  "Decision options sampled in the first vs the last half of the search"),
@@ -122,8 +146,8 @@ def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> 
                            *(fmt(history[i]["costs"].get(k), ".4g") for k in costs)] for i in front])]
     for key, target in targets.items():
         blocks += _figure(f"{slug}-constraint-{key}", plots.cost_vs_reward(history, key, target, mode),
-                          f"Reward vs {key}: the dashed line is the target {key} <= {target:,.6g} ({mode}); crosses "
-                          "are archs over it")
+                          f"Reward vs {key}: the dashed line is the target {key} <= {target_text(target)} ({mode})"
+                          + ("; crosses are archs over it" if over else ""))
         if not any(key in (r.get("costs") or {}) for r in history):
             blocks.append(Text(f"The history records no {key} cost: the {key} constraint cannot be plotted.",
                                note=True))
@@ -159,7 +183,9 @@ def run_blocks(run: Run, slug: str) -> list[Block]:
         blocks.append(summary_table(run.summary))
     series = {label if label != "." else run.name: r.metrics for label, r in _stages(run) if r.metrics}
     blocks += _figure(f"{slug}-curves", plots.training_curves(series),
-                      "Train loss and top-1 per epoch (" + ", ".join(series) + ")")
+                      "Train loss and top-1 per epoch (" + ", ".join(series) + ")" + (
+                          "; the losses of different objectives (KD's includes the T²-scaled KL term) are not "
+                          "comparable, the top-1 curves are" if len(series) > 1 else ""))
     for label, r in _stages(run):
         found = search_blocks(r, slug if r is run else f"{slug}-{safe_dirname(label)}", run.config)
         if found:
