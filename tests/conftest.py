@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import SMOKE
+
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
@@ -18,7 +20,6 @@ def kdnas_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-SMOKE = ["debug=smoke", "logger=none", "trainer.num_threads=1"]
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ from kdnas.errors import CheckpointError, ConfigError, KdnasError
 from kdnas.runs import RunDir
 from kdnas.teachers import load_teacher
 
-from .conftest import SMOKE
-from .test_cli import kdnas_cli
+from .helpers import SMOKE, kdnas_cli
 
 TINY = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=3"]
 RESULTS = ("summary.json", "model.safetensors")

@@ -21,7 +21,7 @@ from kdnas.errors import ConfigError
 from kdnas.evaluators import CachedEvaluator
 from kdnas.models import create_model
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 DAY = 86400
 

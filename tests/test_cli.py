@@ -11,13 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from .conftest import SMOKE
-
-
-def kdnas_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "kdnas.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+from .helpers import SMOKE, kdnas_cli
 
 
 def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from kdnas.context import config_hash
 from kdnas.errors import ConfigError, KdnasError
 from kdnas.tasks import TASKS
 
-from .conftest import SMOKE
+from .helpers import SMOKE, without
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "src" / "kdnas" / "conf"
@@ -122,19 +122,6 @@ def test_teacher_recipe_is_a_nested_trainer() -> None:
 # -- the run-folder config hash ---------------------------------------------------------------------------------
 
 TINY = [*SMOKE, "model=resnet8"]
-
-
-def without(cfg: DictConfig, *dotted: str) -> DictConfig:
-    """``cfg`` as an older kdnas composed it, before the keys ``dotted`` existed."""
-    container = OmegaConf.to_container(cfg)
-    assert isinstance(container, dict)
-    for key in dotted:
-        *parents, leaf = key.split(".")
-        node = container
-        for part in parents:
-            node = node[part]
-        del node[leaf]
-    return OmegaConf.create(container)
 
 
 def test_a_key_added_later_with_its_default_keeps_the_hash() -> None:

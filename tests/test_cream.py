@@ -33,7 +33,7 @@ from kdnas.strategies.cream import (
 )
 from kdnas.strategies.cream.search import CreamConfig, meta_update_due, warmup_epochs
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 torch.set_num_threads(1)
 SPACE = CreamSpace([1, 1, 1, 1, 1])

@@ -24,7 +24,7 @@ from kdnas.errors import ConfigError
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "kdnas" / "conf"
 PRESETS = sorted(p.stem for p in (CONF / "distill").glob("*.yaml"))

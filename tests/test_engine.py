@@ -26,7 +26,7 @@ from kdnas.engine.objective import Objective, StepOutput
 from kdnas.engine.trainer import Trainer, lr_at
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 
 def test_lr_schedules() -> None:

@@ -14,7 +14,7 @@ from kdnas.engine.checkpoint import load_weights
 from kdnas.errors import ConfigError
 from kdnas.spaces import load_arch
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 QUICK = [*SMOKE, "export.onnx=false", "export.latency_repeats=2", "export.latency_rounds=2"]
 

@@ -34,8 +34,8 @@ from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.spaces import create_space
 
-from .conftest import SMOKE
-from .test_engine_amp import (
+from .helpers import SMOKE
+from .helpers.amp import (
     AMP_MODES,
     amp_overrides,
     assert_same_run,

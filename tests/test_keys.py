@@ -21,7 +21,7 @@ from kdnas.runs import RunDir
 from kdnas.spaces import create_space
 from kdnas.teachers import teacher_key
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 BASE = [*SMOKE, "teacher.model=resnet8"]
 

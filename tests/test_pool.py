@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import kdnas
-import kdnas.tasks.distill
+import kdnas.distill.student
 from kdnas.api import compose
 from kdnas.config import DataConfig
 from kdnas.context import RunContext
@@ -28,7 +28,7 @@ from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 TRAIN_SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "search.evaluator=train", "search.objective=ce",
                 "search.budget=3", "search.batch=3", "+search.trainer.max_steps_per_epoch=2", "search.workers=2"]
@@ -87,7 +87,7 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
     before the first candidate trains, and no teacher pass per candidate (its test top-1 is not a candidate's
     result); the search's one aug seed is in the summary."""
     events: list[str] = []
-    compute, distill_student = TeacherLogitCache.compute, kdnas.tasks.distill.distill_student
+    compute, distill_student = TeacherLogitCache.compute, kdnas.distill.student.distill_student
     evaluate = Trainer.evaluate
 
     def logged_evaluate(self: Trainer, split: str, model: torch.nn.Module | None = None) -> dict[str, float]:
@@ -104,7 +104,7 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
         return distill_student(*args, **kwargs)
 
     monkeypatch.setattr(TeacherLogitCache, "compute", logged_compute)
-    monkeypatch.setattr(kdnas.tasks.distill, "distill_student", logged_distill)
+    monkeypatch.setattr(kdnas.distill.student, "distill_student", logged_distill)
     monkeypatch.setattr(Trainer, "evaluate", logged_evaluate)
     kd = [*TRAIN_SEARCH, "search.objective=kd", "teacher.model=resnet8", "search.budget=2", "search.batch=2",
           "search.executor=local", "+search.trainer.epochs=2", "seed=3", f"paths.cache_dir={tmp_path / 'cache'}",

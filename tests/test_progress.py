@@ -13,7 +13,7 @@ import kdnas
 from kdnas import progress
 from kdnas.progress import Progress, duration
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 
 def messages(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -17,7 +17,7 @@ from kdnas.errors import ConfigError
 from kdnas.report import build_report
 from kdnas.report.plots import pareto_mask, search_trajectory
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 TRAIN = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=2"]
 SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "proxy=diswot", "proxy.batch_size=16", "search.budget=6",

@@ -26,9 +26,7 @@ from kdnas.engine.objective import Objective
 from kdnas.engine.trainer import build_optimizer, lr_at
 from kdnas.errors import ConfigError
 
-from .conftest import SMOKE
-from .test_cli import kdnas_cli
-from .test_config import without
+from .helpers import SMOKE, kdnas_cli, without
 
 TINY = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=3"]
 MODELS, SEEDS = ("resnet14", "nope"), (0, 1)  # "nope" is not a model: those jobs fail

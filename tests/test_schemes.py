@@ -23,7 +23,7 @@ from kdnas.engine.trainer import Trainer
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
 
-from .conftest import SMOKE
+from .helpers import SMOKE
 
 BASE = [*SMOKE, "model=resnet8", "teacher.model=resnet8", "trainer.max_steps_per_epoch=3"]
 

@@ -30,30 +30,11 @@ from kdnas.strategies import Strategy, create_strategy
 from kdnas.strategies.kdas import KDASStrategy
 from kdnas.strategies.tabular import shipped_config
 
-from .conftest import SMOKE
+from .helpers import SMOKE
+from .helpers.search import EVOLUTION, Synthetic
 
-EVOLUTION = {"name": "evolution", "population": 8, "sample_size": 4, "top_k": 2}
 # 7^3 = 343 archs at half width: big enough that where a strategy looks matters, cheap to score.
 NARROW = create_space("resnet_cifar", depths=list(range(1, 8)), widths=[8, 16, 32])
-
-
-class Synthetic:
-    """A deterministic reward peaked at depths (5, 3, 7); optionally fails on its n-th call (a kill)."""
-
-    fingerprint = "synthetic"
-
-    def __init__(self, crash_on_call: int | None = None) -> None:
-        self.calls, self.crash_on_call = 0, crash_on_call
-
-    def evaluate(self, archs: list[Arch]) -> list[dict[str, Any]]:
-        self.calls += 1
-        if self.calls == self.crash_on_call:
-            raise KeyboardInterrupt("simulated kill")
-        return [{"reward": self.reward(*(a.decisions[f"depth{i}"] for i in (1, 2, 3)))} for a in archs]
-
-    @staticmethod
-    def reward(d1: int, d2: int, d3: int) -> float:
-        return -((d1 - 5) ** 2 + (d2 - 3) ** 2 + (d3 - 7) ** 2) + 0.01 * d1
 
 
 def drive(strategy: Strategy, evaluator: Any, budget: int, batch: int = 4) -> list[Arch]:
@@ -208,7 +189,7 @@ def test_task_correlate_writes_table_and_plots_and_caches(tmp_path: Path, monkey
     def no_training(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the ground truth should come from the cache")
 
-    monkeypatch.setattr("kdnas.tasks.distill.distill_student", no_training)
+    monkeypatch.setattr("kdnas.distill.student.distill_student", no_training)
     again = kdnas.run("correlate", CORRELATE, run_dir=tmp_path / "b")
     assert _same(again["spearman"], first["spearman"])
     from_file = kdnas.run("correlate", [*CORRELATE, f"correlate.ground_truth={tmp_path / 'a' / 'ground_truth.tsv'}"],

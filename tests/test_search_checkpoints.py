@@ -16,7 +16,7 @@ from kdnas.search import run_search
 from kdnas.spaces import create_space
 from kdnas.strategies import create_strategy
 
-from .test_search import EVOLUTION, Synthetic
+from .helpers.search import EVOLUTION, Synthetic
 
 
 def test_checkpoints_every_interval_and_at_the_end_and_resumes_exactly(tmp_path: Path,
