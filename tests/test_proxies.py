@@ -22,7 +22,7 @@ from kdnas.errors import ConfigError
 from kdnas.evaluators import RESULTS_VERSION, ProxyEvaluator, ProxySettings, proxy_batches
 from kdnas.models import FeatureNet, Features, create_model
 from kdnas.proxies import compute_proxies, list_proxies, teacher_stats
-from kdnas.spaces import create_space
+from kdnas.spaces import create_space, list_spaces
 from kdnas.utils import derive_seed
 
 
@@ -76,8 +76,7 @@ def test_class_form_is_invariant_to_channel_permutations_and_used_across_widths(
         compute_proxies(wide, batch, ["diswot_semantic"], teacher_stats(teacher, batch, semantic="official"))
 
 
-@pytest.mark.parametrize("name", ["resnet_cifar", "resnet_cifar_large", "mbconv_akd", "mbconv_cream", "nb201",
-                                  "kdas_addon"])
+@pytest.mark.parametrize("name", list_spaces())
 def test_final_widths_are_the_built_classifier_widths(name: str) -> None:
     space = create_space(name)
     rng = random.Random(0)
