@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from kdnas.correlation import kendall, mean_se
+
 
 def _ce_only(cfg: dict[str, Any], summary: dict[str, Any]) -> bool:
     weights = (cfg.get("distill") or {}).get("weights") or summary.get("losses") or {}
@@ -97,33 +99,6 @@ def ranks(values: Sequence[float]) -> list[float]:
     for i, v in enumerate(x):
         out[i] = math.nan if math.isnan(v) else 1 + (x > v).sum() + ((x == v).sum() - 1) / 2
     return out.tolist()
-
-
-def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two score vectors (1: same order, -1: reversed; NaN when one is constant)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    conc = disc = tx = ty = 0
-    for i, j in itertools.combinations(range(len(x)), 2):
-        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif dx == dy:
-            conc += 1
-        else:
-            disc += 1
-    denom = math.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return (conc - disc) / denom if denom else math.nan
-
-
-def mean_se(x: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
-    n = np.sum(~np.isnan(x), axis=axis)
-    mean = np.nanmean(x, axis=axis)
-    sd = np.nanstd(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.full(mean.shape, np.nan)
-    return mean, sd / np.sqrt(np.maximum(n, 1))
 
 
 def interaction_ss(kd: np.ndarray) -> float:
@@ -198,13 +173,13 @@ def analyse(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rank = {t: ranks(kd_mean[i]) for i, t in enumerate(teachers)}
     rank["CE"] = ranks(ce_mean)
     columns = {**{t: kd_mean[i] for i, t in enumerate(teachers)}, "CE": ce_mean}
-    tau = {f"{a} vs {b}": kendall_tau(columns[a], columns[b]) for a, b in itertools.combinations(columns, 2)}
-    per_seed_tau = {f"{teachers[t]} vs {teachers[u]}": [kendall_tau(kd[t, :, d], kd[u, :, d])
+    tau = {f"{a} vs {b}": kendall(columns[a], columns[b]) for a, b in itertools.combinations(columns, 2)}
+    per_seed_tau = {f"{teachers[t]} vs {teachers[u]}": [kendall(kd[t, :, d], kd[u, :, d])
                                                        for d in range(len(seeds))]
                     for t, u in itertools.combinations(range(len(teachers)), 2)}
     seed_tau = {}  # the same teacher, two seeds: how much the ranking moves by seed alone
     for i, t in enumerate(teachers):
-        seed_tau[t] = [kendall_tau(kd[i, :, d], kd[i, :, e]) for d, e in itertools.combinations(range(len(seeds)), 2)]
+        seed_tau[t] = [kendall(kd[i, :, d], kd[i, :, e]) for d, e in itertools.combinations(range(len(seeds)), 2)]
     complete = not np.isnan(kd).any()
     perm = permutation_test(kd) if complete and len(teachers) > 1 and len(seeds) > 1 else None
     flips = pair_flips(teachers, students, kd)

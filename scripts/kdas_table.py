@@ -28,7 +28,6 @@ import argparse
 import fcntl
 import json
 import logging
-import math
 import statistics
 import time
 import traceback
@@ -39,6 +38,8 @@ import torch
 
 from kdnas.api import compose
 from kdnas.api import run as api_run
+from kdnas.correlation import mean_se as mean_and_se
+from kdnas.utils import read_jsonl
 
 log = logging.getLogger("kdas_table")
 STEPS = ["teachers", "base", "kdas", "kdas_winner", "kdas_winner_ce", "deep", "kdas_ce_reward",
@@ -60,10 +61,6 @@ def arch_params(path: Path, num_classes: int = 10) -> int:
     return sum(p.numel() for p in space_for(arch).build(arch, num_classes, 32).parameters())
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def disagreement_per_epoch(run_dir: Path) -> list[float]:
     """``loss_oracle_disagreement`` of each epoch's train record (last record per epoch: resumes rewrite)."""
     per_epoch: dict[int, float] = {}
@@ -78,7 +75,8 @@ def mean_se(values: list[float]) -> str:
         return "—"
     if len(values) == 1:
         return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) / math.sqrt(len(values)):.2f}"
+    mean, se = mean_and_se(values)
+    return f"{mean:.2f} ± {se:.2f}"
 
 
 class Driver:

@@ -8,6 +8,7 @@ Rank statistics skip NaN entries (a proxy that failed on an arch) pairwise; infi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,19 @@ def kendall(x: Sequence[float], y: Sequence[float]) -> float:
     """Signed Kendall tau-b."""
     x, y = _finite_pairs(x, y)
     return math.nan if _constant(x) or _constant(y) else float(stats.kendalltau(x, y)[0])
+
+
+def mean_se(x: Sequence[float] | np.ndarray, axis: int = -1) -> tuple[Any, Any]:
+    """Mean and standard error (sample s.d. / sqrt(n)) along ``axis``, NaN entries left out; the s.e. is NaN
+    where fewer than two values remain. Scalars for a 1-D input."""
+    a = np.asarray(x, dtype=float)
+    n = np.sum(~np.isnan(a), axis=axis)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices and n < 2: NaN is the answer
+        mean = np.nanmean(a, axis=axis)
+        sd = np.nanstd(a, axis=axis, ddof=1) if a.shape[axis] > 1 else np.full(np.shape(mean), np.nan)
+    se = np.where(n > 1, sd / np.sqrt(np.maximum(n, 1)), np.nan)
+    return mean, (se[()] if se.ndim == 0 else se)
 
 
 def rank_normalise(x: Sequence[float]) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from kdnas.utils import atomic_write_json, read_json
+from kdnas.utils import atomic_write_json, read_json, read_jsonl
 
 SCHEMA_VERSION = 1
 _ACTIVE: list[RunDir] = []  # the run whose session this process is timing (heartbeat() updates it)
@@ -98,9 +98,7 @@ class RunDir:
             f.write(json.dumps({"schema_version": SCHEMA_VERSION, **record}, default=float) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.metrics_path)
 
     def truncate_metrics(self, keep_through_epoch: int) -> None:
         """On resume: drop records logged after the checkpoint we restart from."""

@@ -72,6 +72,32 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: str | Path, *, missing_ok: bool = True, skip_bad_lines: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSONL log, blank lines skipped; ``[]`` for a missing file when ``missing_ok``.
+    ``skip_bad_lines``: for readers of runs that may still be going or died mid-write, a line that does not parse
+    is skipped and an unreadable file reads as ``[]``, instead of raising."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        if missing_ok or skip_bad_lines:
+            return []
+        raise
+    except OSError:
+        if skip_bad_lines:
+            return []
+        raise
+    records = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if not skip_bad_lines:
+                raise
+    return records
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present, else CPU."""
     if name == "auto":

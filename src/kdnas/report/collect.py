@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from kdnas.errors import ConfigError
+from kdnas.utils import read_jsonl
 
 # Any of these marks a folder as a kdnas run (a job that crashed early may have only its Hydra config).
 RUN_MARKERS = ("summary.json", "status.json", "metrics.jsonl", "history.jsonl", "provenance.json",
@@ -24,21 +25,6 @@ def read_json_or(path: Path, default: Any = None) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return default
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSONL log; a line that does not parse (being written when a job died) is skipped."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
 
 
 def is_run(path: Path) -> bool:
@@ -114,8 +100,8 @@ def load_run(path: Path, depth: int = 1) -> Run:
     children = [load_run(p, depth - 1) for p in sorted(path.iterdir()) if is_run(p)] if depth > 0 else []
     return Run(path=path, status=read_json_or(path / "status.json", {}),
                summary=read_json_or(path / "summary.json", {}), config=cfg, overrides=_overrides(path, provenance, cfg),
-               metrics=read_jsonl(path / "metrics.jsonl"),
-               history=read_jsonl(path / "history.jsonl"), children=children)
+               metrics=read_jsonl(path / "metrics.jsonl", skip_bad_lines=True),  # a job may still be writing
+               history=read_jsonl(path / "history.jsonl", skip_bad_lines=True), children=children)
 
 
 def _job_order(path: Path) -> tuple[int, str]:

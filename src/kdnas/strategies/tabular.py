@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,13 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from kdnas.correlation import mean_se
 from kdnas.errors import ConfigError
 from kdnas.spaces.base import Arch, Decision, SearchSpace
 from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import COST_KEYS
 from kdnas.strategies.base import create_strategy, reward_key
-from kdnas.utils import canonical_json, stable_hash
+from kdnas.utils import canonical_json, read_jsonl, stable_hash
 
 ACCURACIES = ("kd_top1", "ce_top1")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "strategy"
@@ -74,7 +74,7 @@ class Table:
         """Rows without both accuracies (an arch the correlate run did not train) are left out."""
         path = Path(path).expanduser()
         if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            records = read_jsonl(path, missing_ok=False)
         else:
             with open(path, newline="") as f:
                 records = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
@@ -175,9 +175,8 @@ def replay(table: Table, strategy: Mapping[str, Any], reward: str, *, seed: int,
 
 
 def _mean_se(values: Sequence[float]) -> dict[str, float]:
-    x = np.asarray(values, dtype=float)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "se": se}
+    mean, se = mean_se(values)
+    return {"mean": float(mean), "se": float(se)}
 
 
 def compare(table: Table, strategies: Mapping[str, Mapping[str, Any]], *, seeds: Sequence[int], budget: int,

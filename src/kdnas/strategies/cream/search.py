@@ -54,7 +54,7 @@ from kdnas.strategies.cream.board import BoardEntry, CreamStrategy
 from kdnas.strategies.cream.meta import MetaMatching, cream_loss, lookahead_hypergradient
 from kdnas.strategies.cream.supernet import MacsTable, Supernet, recalibrate_bn
 from kdnas.teachers import load_teacher
-from kdnas.utils import atomic_write_json, derive_seed
+from kdnas.utils import atomic_write_json, derive_seed, read_jsonl
 
 log = logging.getLogger("kdnas")
 SCHEMA_VERSION = 1
@@ -324,7 +324,7 @@ class CreamSearch:
         self.seconds_before, self.stopped_by = state.get("seconds", 0.0), state.get("stopped_by")
         self.session_start = time.perf_counter()
         self.run_dir.truncate_metrics(state["epoch"])
-        kept = [r for r in read_history(self.history_path) if r["epoch"] <= state["epoch"]]
+        kept = [r for r in read_jsonl(self.history_path) if r["epoch"] <= state["epoch"]]
         self.history_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         return state["epoch"] + 1
 
@@ -365,7 +365,7 @@ class CreamSearch:
             "schema_version": SCHEMA_VERSION, "selection_split": self.selection_split,
             "space": {"name": space.name, "version": space.version, **space.fixed}, "entries": rows,
             "best_under_flops": best, "mentor": mentor})
-        plot_history(read_history(self.history_path), run.path / "board_accuracy.png")
+        plot_history(read_jsonl(self.history_path), run.path / "board_accuracy.png")
         summary: dict[str, Any] = {"strategy": "cream", "space": space.name, "board_size": len(rows),
                                    "selection_split": self.selection_split, "time_budget_s": self.time_budget,
                                    "stopped_by": self.stopped_by, "seconds": self.seconds()}
@@ -378,10 +378,6 @@ class CreamSearch:
                            best_arch_path=str(run.path / "best_arch.json"),
                            **{f"best_{k}": v for k, v in top["result"].items()})
         return summary
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def plot_history(records: list[dict[str, Any]], path: Path) -> None:
