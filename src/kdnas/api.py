@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import re
 import shutil
 import sys
 import time
@@ -20,32 +19,28 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from kdnas.config import register_configs
+from kdnas import __version__
+from kdnas.config import NO_USER_CONF_WARNING, register_configs
+from kdnas.context import RunContext, config_hash
+from kdnas.distill.terms import register_schema as register_distill_schema
 from kdnas.engine import distributed
-from kdnas.errors import ConfigError, KdnasError
-from kdnas.runs import RunDir
+from kdnas.errors import ConfigError, KdnasError, storage_error
+from kdnas.runs import RunDir, job_folders, safe_dirname
+from kdnas.tasks import get_task
 from kdnas.utils import read_json, resolve_device
 
 log = logging.getLogger("kdnas")
 register_configs()
-# conf/hydra: `hydra.searchpath: [file://conf]` adds ./conf (user experiments) when the working directory has one;
-# Hydra warns about it on every run where it does not.
-_NO_USER_CONF = r"provider=hydra\.searchpath in main, path=(file://)?conf is not available"
-warnings.filterwarnings("ignore", message=_NO_USER_CONF)
+register_distill_schema()  # the distill group's schema lives with its loss terms (config.py imports no feature)
+warnings.filterwarnings("ignore", message=NO_USER_CONF_WARNING)
 # OSErrors of the disk or folder (full, quota, read-only, no permission): the user's to fix, not a bug.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-def safe_dirname(text: str, max_len: int = 80) -> str:
-    """Hydra's override_dirname made safe for one folder level ('/' would nest folders)."""
-    from kdnas.utils import stable_hash
-
-    clean = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
-    return clean if len(clean) <= max_len else f"{clean[: max_len - 9]}-{stable_hash(text, 8)}"
 
 
 def _help_tasks() -> str:
@@ -61,8 +56,6 @@ def _help_groups() -> str:
 
 
 def _version() -> str:
-    from kdnas import __version__
-
     return __version__
 
 
@@ -92,14 +85,6 @@ def _finished_summary(run: RunDir, config_hash: str) -> dict[str, Any] | None:
     return summary if summary is not None and summary.get("config_hash") == config_hash else None
 
 
-def storage_error(e: OSError, folder: str | Path) -> KdnasError:
-    """A full disk, a quota, a read-only or forbidden folder, as a message naming the place and the fix."""
-    return KdnasError(
-        f"{e.strerror or e}: {e.filename or folder}. kdnas writes the run folder {folder} (hydra.run.dir=DIR, sweeps "
-        "hydra.sweep.dir=DIR) and caches under KDNAS_CACHE_DIR: put them on a writable disk with free space. Running "
-        "the same command again resumes from the last complete checkpoint.")
-
-
 def _user_error(e: Exception, folder: str | Path) -> KdnasError | None:
     """``e`` as an error the user can fix, or None for a bug (which keeps its traceback)."""
     if isinstance(e, KdnasError):
@@ -110,11 +95,6 @@ def _user_error(e: Exception, folder: str | Path) -> KdnasError | None:
         return ConfigError(f"{e.full_key} has no value ('???') and this run needs one: set it on the command line "
                            f"({e.full_key}=...), or select the option that does not read it.")
     return None
-
-
-def job_folders(sweep_dir: Path) -> Iterator[Path]:
-    """Every job folder under a sweep folder, at any depth (a folder Hydra wrote ``.hydra/`` into)."""
-    return (p.parent for p in sorted(sweep_dir.rglob(".hydra")) if p.is_dir())
 
 
 def _same_job_done(sweep_dir: Path, config_hash: str, own: Path) -> tuple[Path, dict[str, Any]] | None:
@@ -144,9 +124,6 @@ def execute(cfg: DictConfig, run_dir: str | Path, *, raise_errors: bool = False,
     ``on_start(folder)`` runs once the folder is accepted, before anything is written to it. Under torchrun, every
     rank runs this; rank 0 alone writes the folder.
     """
-    from kdnas.context import RunContext, config_hash
-    from kdnas.tasks import get_task
-
     run = None
     main = True
     with contextlib.ExitStack() as cleanup:
@@ -255,12 +232,9 @@ def composition_error(e: Exception) -> CompositionError:
 def _compose(overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
     """The task config (with ``choices_``, the group options selected) and Hydra's own node, composed like the
     CLI does (./conf included when the working directory has one); composition errors as CompositionError."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-
     try:
         with initialize_config_module(config_module="kdnas.conf", version_base="1.3"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NO_USER_CONF)
+            warnings.filterwarnings("ignore", message=NO_USER_CONF_WARNING)
             cfg = hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:  # ValueError: e.g. `experiment=null`
         raise composition_error(e) from e
@@ -275,32 +249,6 @@ def compose(task: str | None, overrides: Sequence[str] = ()) -> DictConfig:
     """The composed config for ``task`` (None: whatever the overrides and experiment select) with Hydra's compose
     API (no run folder, no logging setup)."""
     return _compose([*([f"task={task}"] if task else []), *overrides])[0]
-
-
-def compose_defaults(overrides: Sequence[str]) -> dict[str, Any]:
-    """The resolved config that ``overrides`` (group options only) compose to, without ``hydra``: inside a running
-    Hydra app through its own config loader (the user's --config-dir and ./conf included)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.types import RunMode
-
-    gh = GlobalHydra.instance()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_NO_USER_CONF)
-        if gh.is_initialized() and gh.hydra is not None:
-            cfg = gh.hydra.compose_config("config", list(overrides), run_mode=RunMode.RUN)
-        else:
-            with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
-                cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    with read_write(cfg), open_dict(cfg):
-        cfg.pop("hydra", None)
-    try:
-        out = OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:  # a default that only resolves with a value the user gives
-        out = OmegaConf.to_container(cfg, resolve=False)
-    assert isinstance(out, dict)
-    return out
 
 
 def _job_logging_formats() -> dict[str, str]:

@@ -21,7 +21,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kdnas.api import job_folders, storage_error
+from kdnas.errors import storage_error
+from kdnas.runs import job_folders
 from kdnas.utils import read_json
 
 log = logging.getLogger("kdnas")

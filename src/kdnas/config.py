@@ -7,13 +7,25 @@ hold ``Any`` dicts; everything in the foundation is fully typed.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.global_hydra import GlobalHydra
+from hydra.types import RunMode
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
+
+from kdnas.errors import ConfigError
 
 T = TypeVar("T")
+# conf/hydra: `hydra.searchpath: [file://conf]` adds ./conf (user experiments) when the working directory has one;
+# Hydra warns about it on every run where it does not.
+NO_USER_CONF_WARNING = r"provider=hydra\.searchpath in main, path=(file://)?conf is not available"
 
 
 @dataclass
@@ -141,22 +153,15 @@ def register_configs() -> None:
     # The root schema types every group it declares; per-group schema options would only show up as choices
     # (`model=model_schema`) in Hydra's "available options" and `kdnas --help`.
     cs.store(name="kdnas_schema", node=KdnasConfig)
-    from kdnas.distill.terms import register_schema as register_distill_schema
-
-    register_distill_schema()
 
 
 __all__ = ["MISSING", "KdnasConfig", "DataConfig", "ModelConfig", "TrainerConfig", "TeacherConfig",
-           "LoggerConfig", "PathsConfig", "register_configs"]
+           "LoggerConfig", "PathsConfig", "SearchSettings", "register_configs", "dataclass_from_node", "to_object"]
 
 
 def dataclass_from_node(schema: type[T], node: Any, key: str, hint: str = "") -> T:
     """A ``schema`` dataclass from a config node (DictConfig, mapping or None) of group ``key``; unknown keys
     raise one ConfigError naming them and the accepted ones (groups typed ``Any`` in the top-level schema)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from kdnas.errors import ConfigError
-
     cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     known = [f.name for f in fields(schema)]
     unknown = sorted(set(cfg) - set(known))
@@ -164,3 +169,65 @@ def dataclass_from_node(schema: type[T], node: Any, key: str, hint: str = "") ->
         raise ConfigError(f"Unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}{hint}; known: "
                           f"{', '.join(f'{key}.{k}' for k in sorted(known))}.")
     return schema(**cfg)
+
+
+def to_object(node: Any, schema: type) -> Any:
+    """A typed dataclass instance from a config node (already validated by the structured schema)."""
+    return schema(**OmegaConf.to_container(node, resolve=True)) if not isinstance(node, schema) else node
+
+
+@dataclass
+class SearchSettings:
+    """The ``search:`` config group (read by the sample-based loop, kdnas.search, and by Cream's)."""
+
+    budget: int = 64  # candidate evaluations
+    batch: int = 8  # archs per ask/tell step
+    # proxy (training-free, proxy=...) | train (short training per candidate) | None: the strategy's default
+    # (train for akd and kdas, their papers' reward; proxy for the others)
+    evaluator: str | None = None
+    objective: str = "kd"  # train evaluator: kd (distill=...) | ce; the config follows strategy.reward where set
+    trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
+    top_k: int = 5  # archs listed in topk.json
+    time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
+    checkpoint_every_s: float = 30.0  # seconds between the loop's checkpoints (one at the end too); 0: every step
+    executor: str = "local"  # train evaluator: local | processes | submitit_local | submitit_slurm
+    workers: int = 1  # candidates evaluated at once (executor != local)
+    slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.evaluators.SlurmSettings
+
+    def __post_init__(self) -> None:
+        if self.budget < 1 or self.batch < 1:
+            raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
+        if self.evaluator not in (None, "proxy", "train"):
+            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train (or null: the "
+                              "strategy's default).")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
+                              "limit (search.budget alone ends the search).")
+        if self.checkpoint_every_s < 0:
+            raise ConfigError(f"search.checkpoint_every_s={self.checkpoint_every_s} must be >= 0 seconds (0: a "
+                              "checkpoint after every step).")
+
+    @classmethod
+    def from_config(cls, node: Any) -> SearchSettings:
+        return dataclass_from_node(cls, node, "search")
+
+
+def compose_defaults(overrides: Sequence[str]) -> dict[str, Any]:
+    """The resolved config that ``overrides`` (group options only) compose to, without ``hydra``: inside a running
+    Hydra app through its own config loader (the user's --config-dir and ./conf included)."""
+    gh = GlobalHydra.instance()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=NO_USER_CONF_WARNING)
+        if gh.is_initialized() and gh.hydra is not None:
+            cfg = gh.hydra.compose_config("config", list(overrides), run_mode=RunMode.RUN)
+        else:
+            with initialize_config_module(config_module="kdnas.conf", version_base="1.3"):
+                cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    with read_write(cfg), open_dict(cfg):
+        cfg.pop("hydra", None)
+    try:
+        out = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # a default that only resolves with a value the user gives
+        out = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(out, dict)
+    return out

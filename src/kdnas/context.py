@@ -11,18 +11,19 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdnas.config import DataConfig, ModelConfig, TrainerConfig
+from kdnas.config import DataConfig, TrainerConfig, compose_defaults, to_object
 from kdnas.data import DataModule, build_data
 from kdnas.engine.objective import Objective
 from kdnas.engine.trainer import Trainer
 from kdnas.loggers import MetricLogger
-from kdnas.models import create_model
+from kdnas.models import build_model
 from kdnas.runs import RunDir
-from kdnas.utils import derive_seed, stable_hash
+from kdnas.utils import stable_hash
+
+__all__ = ["RunContext", "build_model", "config_hash", "to_object"]  # build_model, to_object: their old home
 
 log = logging.getLogger("kdnas")
 
@@ -78,8 +79,6 @@ def _group_package(choice_key: str) -> str:
 def _packaged_defaults(task: str, choices: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """The resolved config that the group options ``choices`` ship with, before any value override, experiment
     or debug overlay: the "defaults" a run's values are compared against."""
-    from kdnas.api import compose_defaults
-
     try:
         return compose_defaults([f"task={task}", *(f"{k}={v}" for k, v in choices)])
     except Exception as e:  # an option only a command-line hydra.searchpath finds: hash every value instead
@@ -106,21 +105,6 @@ def config_hash(cfg: DictConfig) -> str:
                            and (reads is None or _group_package(k) in reads)))
     values = _changed(_relevant(container, task), _relevant(_packaged_defaults(task, choices), task))
     return stable_hash({"task": task, "choices": dict(choices), "values": {} if values is _SAME else values})
-
-
-def to_object(node: Any, schema: type) -> Any:
-    """A typed dataclass instance from a config node (already validated by the structured schema)."""
-    return schema(**OmegaConf.to_container(node, resolve=True)) if not isinstance(node, schema) else node
-
-
-def build_model(model_cfg: ModelConfig | DictConfig, num_classes: int, seed: int) -> nn.Module:
-    """Create a network with init weights drawn from its own seed stream (independent of data order)."""
-    mc = to_object(model_cfg, ModelConfig)
-    torch.manual_seed(derive_seed(seed, "init", mc.name))
-    kwargs = dict(mc.kwargs)
-    if mc.name.startswith("timm:"):
-        kwargs.update(pretrained=mc.pretrained, small_input_stem=mc.small_input_stem)
-    return create_model(mc.name, num_classes=num_classes, **kwargs)
 
 
 @dataclass

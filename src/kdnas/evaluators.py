@@ -39,6 +39,7 @@ from torch import nn
 from kdnas.config import ModelConfig, TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, build_model, to_object
 from kdnas.data import Batch, DataModule
+from kdnas.distill import student
 from kdnas.distill.cache import TeacherLogitCache, hold, prebuild, tensor_sha256
 from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
@@ -50,7 +51,7 @@ from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
 from kdnas.proxies.base import INITS
 from kdnas.proxies.diswot import COMBINES, SEMANTIC_CHOICES, TERMS, TeacherStats, semantic_form
 from kdnas.runs import RunDir
-from kdnas.spaces.base import Arch, SearchSpace
+from kdnas.spaces.base import Arch, SearchSpace, build_candidate
 from kdnas.spaces.costs import CostModel
 from kdnas.teachers import recipe_of
 from kdnas.utils import atomic_write_json, derive_seed, read_json, resolve_device, stable_hash
@@ -70,12 +71,6 @@ class Evaluator(Protocol):
     fingerprint: str
 
     def evaluate(self, archs: Sequence[Arch]) -> list[dict[str, Any]]: ...
-
-
-def build_candidate(space: SearchSpace, arch: Arch, num_classes: int, input_size: int, seed: int) -> FeatureNet:
-    """``arch``'s network with its init drawn from (seed, arch_id), as task=distill ``student.arch`` builds it."""
-    torch.manual_seed(derive_seed(seed, "init", arch.arch_id))
-    return space.for_arch(arch).build(arch, num_classes, input_size)
 
 
 def sample_archs(space: SearchSpace, n: int, seed: int) -> list[Arch]:
@@ -487,13 +482,11 @@ class TrainEvaluator(CachedEvaluator):
         self.logit_cache = cache  # holds the search's epochs until the search ends
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
-        from kdnas.tasks.distill import distill_student
-
         # Init from (seed, arch_id), as task=distill student.arch builds it; data order and views from the search seed.
         model = build_candidate(self.space, arch, self.ctx.data.num_classes, self.ctx.data.input_size, self.seed)
         run = self.runs.sub(arch.arch_id)
         start = time.perf_counter()
-        summary = distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
+        summary = student.distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
                                   student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer,
                                   label=f"candidate {arch.arch_id[:8]} {self.positions.get(arch.arch_id, '')}".strip(),
                                   evaluate_teacher=False)

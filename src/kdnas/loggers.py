@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
 
 log = logging.getLogger("kdnas")
@@ -23,8 +24,6 @@ class MetricLogger:
             self.wandb_run = wandb.init(project=cfg.project, name=name, dir=str(run.path), mode=cfg.mode,
                                         config=config, tags=list(cfg.tags), reinit="finish_previous")
         elif cfg.kind not in ("jsonl", "none"):
-            from kdnas.errors import ConfigError
-
             raise ConfigError(f"logger.kind={cfg.kind!r} is not one of jsonl, wandb, none.")
 
     def for_run(self, run: RunDir) -> Callable[[dict[str, Any]], None]:

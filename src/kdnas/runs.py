@@ -16,19 +16,32 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdnas.utils import atomic_write_json, read_json, read_jsonl
+from kdnas.utils import atomic_write_json, read_json, read_jsonl, stable_hash
 
 SCHEMA_VERSION = 1
 _ACTIVE: list[RunDir] = []  # the run whose session this process is timing (heartbeat() updates it)
+
+
+def safe_dirname(text: str, max_len: int = 80) -> str:
+    """Hydra's override_dirname made safe for one folder level ('/' would nest folders)."""
+    clean = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)
+    return clean if len(clean) <= max_len else f"{clean[: max_len - 9]}-{stable_hash(text, 8)}"
+
+
+def job_folders(sweep_dir: Path) -> Iterator[Path]:
+    """Every job folder under a sweep folder, at any depth (a folder Hydra wrote ``.hydra/`` into)."""
+    return (p.parent for p in sorted(sweep_dir.rglob(".hydra")) if p.is_dir())
 
 
 def heartbeat() -> None:

@@ -32,11 +32,10 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdnas.config import TrainerConfig, dataclass_from_node
+from kdnas.config import SearchSettings, TrainerConfig
 from kdnas.context import RunContext, to_object
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
@@ -52,42 +51,6 @@ from kdnas.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("kdnas")
 SCHEMA_VERSION = 1
-
-
-@dataclass
-class SearchSettings:
-    """The ``search:`` config group."""
-
-    budget: int = 64  # candidate evaluations
-    batch: int = 8  # archs per ask/tell step
-    # proxy (training-free, proxy=...) | train (short training per candidate) | None: the strategy's default
-    # (train for akd and kdas, their papers' reward; proxy for the others)
-    evaluator: str | None = None
-    objective: str = "kd"  # train evaluator: kd (distill=...) | ce; the config follows strategy.reward where set
-    trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
-    top_k: int = 5  # archs listed in topk.json
-    time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
-    checkpoint_every_s: float = 30.0  # seconds between the loop's checkpoints (one at the end too); 0: every step
-    executor: str = "local"  # train evaluator: local | processes | submitit_local | submitit_slurm
-    workers: int = 1  # candidates evaluated at once (executor != local)
-    slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.evaluators.SlurmSettings
-
-    def __post_init__(self) -> None:
-        if self.budget < 1 or self.batch < 1:
-            raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
-        if self.evaluator not in (None, "proxy", "train"):
-            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train (or null: the "
-                              "strategy's default).")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
-                              "limit (search.budget alone ends the search).")
-        if self.checkpoint_every_s < 0:
-            raise ConfigError(f"search.checkpoint_every_s={self.checkpoint_every_s} must be >= 0 seconds (0: a "
-                              "checkpoint after every step).")
-
-    @classmethod
-    def from_config(cls, node: Any) -> SearchSettings:
-        return dataclass_from_node(cls, node, "search")
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

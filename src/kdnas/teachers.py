@@ -25,6 +25,7 @@ from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import CheckpointError, ConfigError
+from kdnas.models import build_model, create_model
 from kdnas.utils import read_json, stable_hash
 
 log = logging.getLogger("kdnas")
@@ -112,8 +113,6 @@ class TeacherStore:
 
 def load_network(model_name: str, num_classes: int, weights: Path, **model_kwargs: Any) -> nn.Module:
     """Build ``model_name`` and load safetensors weights into it, strictly."""
-    from kdnas.models import create_model
-
     net = create_model(model_name, num_classes=num_classes, **model_kwargs)
     try:
         net.load_state_dict(load_verified_weights(weights))
@@ -170,8 +169,6 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
                    ) -> tuple[Path, dict[str, Any]]:
     """Return (store folder, card) of the teacher ``tcfg`` describes, training it (in ``run``, default a
     sub-folder of the current run) when missing and allowed."""
-    from kdnas.context import build_model
-
     if tcfg is None:
         tcfg = ctx.cfg.teacher
         check_kind_keys(tcfg)

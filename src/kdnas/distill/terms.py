@@ -26,6 +26,7 @@ from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.crd import CRDLoss
 from kdnas.errors import ConfigError
 from kdnas.models import Features
+from kdnas.proxies.diswot import semantic_form
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -381,8 +382,6 @@ class DisWOT(_FeatureTerm):
     :func:`~kdnas.distill.functional.diswot_loss`."""
 
     def __init__(self, ctx: TermContext) -> None:
-        from kdnas.proxies.diswot import semantic_form
-
         super().__init__(ctx)
         c = ctx.cfg.diswot
         self.w_sem, self.w_rel = c.w_sem, c.w_rel

@@ -8,8 +8,13 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 
+import torch
+from omegaconf import DictConfig
+
+from kdnas.config import ModelConfig, to_object
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
+from kdnas.utils import derive_seed
 
 _MODELS: dict[str, Callable[..., FeatureNet]] = {}
 
@@ -47,3 +52,13 @@ def create_model(name: str, num_classes: int, **kwargs) -> FeatureNet:
 def _import_families() -> None:
     # Importing the family modules runs their @register_model decorators.
     from kdnas.models import mobilenetv2, resnet_cifar, shufflenet, vgg, wrn  # noqa: F401
+
+
+def build_model(model_cfg: ModelConfig | DictConfig, num_classes: int, seed: int) -> FeatureNet:
+    """Create a network with init weights drawn from its own seed stream (independent of data order)."""
+    mc = to_object(model_cfg, ModelConfig)
+    torch.manual_seed(derive_seed(seed, "init", mc.name))
+    kwargs = dict(mc.kwargs)
+    if mc.name.startswith("timm:"):
+        kwargs.update(pretrained=mc.pretrained, small_input_stem=mc.small_input_stem)
+    return create_model(mc.name, num_classes=num_classes, **kwargs)

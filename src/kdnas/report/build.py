@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from kdnas.api import safe_dirname
 from kdnas.report import plots
 from kdnas.report.collect import Run, first, load_target, pipeline_row, read_json_or, stage_seconds
 from kdnas.report.render import Block, Figure, Section, Table, Text, drop_empty_columns, figures, to_html, to_markdown
+from kdnas.runs import safe_dirname
 from kdnas.spaces.constraints import LIMITS
 from kdnas.utils import atomic_write_bytes
 

@@ -4,6 +4,7 @@ from kdnas.spaces.base import (
     Arch,
     Decision,
     SearchSpace,
+    build_candidate,
     create_space,
     list_spaces,
     load_arch,
@@ -12,5 +13,5 @@ from kdnas.spaces.base import (
     space_from_config,
 )
 
-__all__ = ["Arch", "Decision", "SearchSpace", "create_space", "list_spaces", "load_arch", "register_space",
-           "space_for", "space_from_config"]
+__all__ = ["Arch", "Decision", "SearchSpace", "build_candidate", "create_space", "list_spaces", "load_arch",
+           "register_space", "space_for", "space_from_config"]

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
-from kdnas.utils import canonical_json, stable_hash
+from kdnas.utils import canonical_json, derive_seed, stable_hash
 
 ARCH_SCHEMA_VERSION = 1
 
@@ -231,6 +232,13 @@ def space_for(arch: Arch) -> SearchSpace:
     """The space (configured as the arch's fixed decisions say) that ``arch`` belongs to."""
     default = create_space(arch.space)
     return create_space(arch.space, **{k: arch.decisions[k] for k in default.fixed if k in arch.decisions})
+
+
+def build_candidate(space: SearchSpace, arch: Arch, num_classes: int, input_size: int, seed: int) -> FeatureNet:
+    """``arch``'s network with its init drawn from (seed, arch_id): a search evaluator's candidate and task=distill's
+    ``student.arch`` get the same weights."""
+    torch.manual_seed(derive_seed(seed, "init", arch.arch_id))
+    return space.for_arch(arch).build(arch, num_classes, input_size)
 
 
 def load_arch(source: str | Path | Mapping[str, Any] | Arch, expected_space: str | None = None) -> Arch:

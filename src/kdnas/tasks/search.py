@@ -12,15 +12,11 @@ from omegaconf import OmegaConf
 
 from kdnas.context import RunContext
 from kdnas.search import search
+from kdnas.strategies.cream.search import run as cream_search
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    if OmegaConf.select(ctx.cfg, "strategy.name") == "cream":
-        from kdnas.strategies.cream.search import run as cream_search
-
-        summary = cream_search(ctx)
-    else:
-        summary = search(ctx, ctx.run)
+    summary = cream_search(ctx) if OmegaConf.select(ctx.cfg, "strategy.name") == "cream" else search(ctx, ctx.run)
     print(f"best arch {summary['best_arch']} ({summary['best_arch_id']}), reward {summary['best_reward']:.6g}"
           + (f" after {summary['evaluated']} evaluations ({summary['cache_hits']} cached)" if "evaluated" in summary
              else "") + f"\narch file: {summary['best_arch_path']}")

@@ -1,7 +1,7 @@
 """Multi-stage distillation schemes, run with ``task=distill distill=NAME`` (or ``distill.scheme=NAME``).
 
 Each module here has ``run(ctx) -> summary`` and trains its stages with
-:func:`kdnas.tasks.distill.distill_student` (or the engine directly when the loss is not a sum of terms),
+:func:`kdnas.distill.student.distill_student` (or the engine directly when the loss is not a sum of terms),
 one sub-folder of the run dir per stage (weights, model card, metrics, checkpoints, ``summary.json``). The
 top-level summary holds the scheme's ``table`` (one row per stage), also written as ``table.md``:
 

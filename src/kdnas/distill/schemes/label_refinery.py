@@ -21,11 +21,11 @@ from kdnas.context import RunContext
 from kdnas.data import Batch
 from kdnas.distill import functional as kdf
 from kdnas.distill.schemes import frozen_teacher, stage_row, summary_table
+from kdnas.distill.student import student_factory, write_card
 from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import distill_config
 from kdnas.engine.objective import Objective, StepOutput
 from kdnas.errors import ConfigError
-from kdnas.tasks.distill import _write_card, student_factory
 from kdnas.utils import derive_seed, resolve_device
 
 
@@ -60,7 +60,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         gen, net = ctx.run.sub(f"gen{k}"), make_student()
         trainer = ctx.trainer(net, run=gen, objective=objective, seed=derive_seed(ctx.cfg.seed, "generation", k))
         summary = trainer.fit(resume=ctx.resume)
-        _write_card(ctx, gen, name, scheme="label_refinery", generation=k)
+        write_card(ctx, gen, name, scheme="label_refinery", generation=k)
         rows.append(stage_row(gen, f"gen{k}", name, summary))
         score = summary[f"{summary['selection_split']}_top1_last"]
         if scores and score <= max(scores):

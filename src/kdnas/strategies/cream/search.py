@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from kdnas.config import TrainerConfig, dataclass_from_node
+from kdnas.config import SearchSettings, TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, to_object
 from kdnas.data import Batch
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -46,7 +46,6 @@ from kdnas.engine.trainer import accuracy_counts, lr_at
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
 from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
-from kdnas.search import SearchSettings
 from kdnas.spaces.base import Arch, space_from_config
 from kdnas.spaces.costs import count_flops, count_params
 from kdnas.spaces.mbconv import MBConvSpace
