@@ -13,10 +13,11 @@ import kdnas
 
 PACKAGE = Path(kdnas.__file__).parent
 ENTRY = ("kdnas.tasks", "kdnas.api", "kdnas.cli", "kdnas.callbacks")  # what drives the library, never under it
-LIBRARY = ("kdnas.distill", "kdnas.spaces", "kdnas.strategies", "kdnas.evaluators", "kdnas.proxies", "kdnas.models",
-           "kdnas.engine", "kdnas.data", "kdnas.search", "kdnas.teachers", "kdnas.report", "kdnas.runs",
+LIBRARY = ("kdnas.distill", "kdnas.spaces", "kdnas.strategies", "kdnas.evaluators", "kdnas.execution", "kdnas.proxies",
+           "kdnas.models", "kdnas.engine", "kdnas.data", "kdnas.search", "kdnas.teachers", "kdnas.report", "kdnas.runs",
            "kdnas.loggers", "kdnas.progress", "kdnas.correlation")
-LOOP = ("kdnas.search", "kdnas.evaluators")  # the search loop and its evaluators sit above the pieces they drive
+# The search loop, its evaluators and where they run sit above the pieces they drive.
+LOOP = ("kdnas.search", "kdnas.evaluators", "kdnas.execution")
 BELOW_LOOP = ("kdnas.distill", "kdnas.spaces", "kdnas.strategies", "kdnas.proxies", "kdnas.models", "kdnas.engine",
               "kdnas.data")
 FOUNDATION = ("kdnas.config", "kdnas.errors", "kdnas.utils")  # imported by everything, import only each other

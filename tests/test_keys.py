@@ -71,7 +71,7 @@ OWN = {
 }
 # The per-store code version: bumping it retires every old entry.
 VERSIONS = {"teacher_store": (teachers, "STORE_FORMAT"), "teacher_logits": (logit_cache, "CACHE_FORMAT"),
-            "train_eval": (evaluators, "EVAL_FORMAT"), "proxy_eval": (evaluators, "EVAL_FORMAT")}
+            "train_eval": (evaluators.base, "EVAL_FORMAT"), "proxy_eval": (evaluators.base, "EVAL_FORMAT")}
 
 
 def key_of(key: str, overrides: list[str], tmp_path: Path) -> str:

@@ -226,7 +226,7 @@ def _golden_scores(cache: Path) -> dict[str, dict[str, float]]:
 @pytest.mark.slow
 def test_proxy_scores_change_only_with_a_results_version_bump(tmp_path: Path) -> None:
     """Cached proxy results are keyed on RESULTS_VERSION["proxy"]: if this fails, a change altered the scores, so
-    bump RESULTS_VERSION["proxy"] in kdnas/evaluators.py (stale cached scores would be served otherwise) and
+    bump RESULTS_VERSION["proxy"] in kdnas/evaluators/base.py (stale cached scores would be served otherwise) and
     regenerate the golden file: KDNAS_REGENERATE_GOLDEN=1 pytest tests/test_proxies.py -k results_version."""
     scores = _golden_scores(tmp_path)
     if os.environ.get("KDNAS_REGENERATE_GOLDEN"):
@@ -244,7 +244,7 @@ def test_proxy_scores_change_only_with_a_results_version_bump(tmp_path: Path) ->
                or not math.isclose(value, golden["scores"][arch][name], rel_tol=1e-3, abs_tol=1e-6)}
     assert set(scores) == set(golden["scores"]) and not changed, (
         f"Proxy scores changed without a bump of RESULTS_VERSION['proxy'] (now, golden): {changed}. Bump "
-        "RESULTS_VERSION['proxy'] in kdnas/evaluators.py and regenerate the golden file "
+        "RESULTS_VERSION['proxy'] in kdnas/evaluators/base.py and regenerate the golden file "
         "(KDNAS_REGENERATE_GOLDEN=1 pytest tests/test_proxies.py -k results_version).")
 
 

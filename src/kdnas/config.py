@@ -192,7 +192,7 @@ class SearchSettings:
     checkpoint_every_s: float = 30.0  # seconds between the loop's checkpoints (one at the end too); 0: every step
     executor: str = "local"  # train evaluator: local | processes | submitit_local | submitit_slurm
     workers: int = 1  # candidates evaluated at once (executor != local)
-    slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.evaluators.SlurmSettings
+    slurm: dict[str, Any] = field(default_factory=dict)  # executor=submitit_slurm: kdnas.execution.SlurmSettings
 
     def __post_init__(self) -> None:
         if self.budget < 1 or self.batch < 1:

@@ -19,7 +19,7 @@ last checkpoint are replayed (their evaluations are cache hits), so checkpointin
 long proxy search quadratic.
 
 Candidates are evaluated in-process, or ``search.workers`` at a time in worker processes or submitit jobs
-(``search.executor``, :class:`kdnas.evaluators.Pool`; training evaluator only: a proxy score takes
+(``search.executor``, :class:`kdnas.execution.Pool`; training evaluator only: a proxy score takes
 milliseconds); the history is the same either way.
 
 Writes in its run folder: ``history.jsonl`` (one line per evaluated arch: step, arch, arch_id, reward,
@@ -40,7 +40,8 @@ from kdnas.context import RunContext, to_object
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import CheckpointError, ConfigError
-from kdnas.evaluators import Evaluator, evaluation_pool, proxy_evaluator, train_evaluator
+from kdnas.evaluators import Evaluator, proxy_evaluator, train_evaluator
+from kdnas.execution import evaluation_pool
 from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config

@@ -30,7 +30,8 @@ from kdnas.context import RunContext, to_object
 from kdnas.correlation import markdown, proxy_stats, rank_normalise, scatter, seed_noise
 from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
-from kdnas.evaluators import Pool, evaluation_pool, proxy_evaluator, sample_archs, train_evaluator
+from kdnas.evaluators import proxy_evaluator, sample_archs, train_evaluator
+from kdnas.execution import Pool, evaluation_pool
 from kdnas.proxies.diswot import TERMS
 from kdnas.spaces import space_from_config
 from kdnas.spaces.base import Arch, SearchSpace

@@ -24,17 +24,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdnas.config import TrainerConfig
 from kdnas.context import RunContext, to_object
+from kdnas.distill.student import distill_student
 from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import active_weights, distill_config
 from kdnas.errors import ConfigError
-from kdnas.evaluators import CE_ONLY, build_candidate
+from kdnas.evaluators import CE_ONLY
 from kdnas.progress import duration
 from kdnas.runs import RunDir
 from kdnas.search import search
-from kdnas.spaces import load_arch, space_for
+from kdnas.spaces import build_candidate, load_arch, space_for
 from kdnas.spaces.costs import CostModel, count_params
 from kdnas.strategies.cream.search import CreamSearch
-from kdnas.tasks.distill import comparison_line, distill_student, paired_comparison, test_hits
+from kdnas.tasks.distill import comparison_line, paired_comparison, test_hits
 
 log = logging.getLogger("kdnas")
 STAGES = ("teacher", "search", "KD retraining of the winner", "CE baseline of the winner")
