@@ -208,8 +208,8 @@ def _refuse_other_config(run: RunDir, config_hash: str) -> None:
             "that run's overrides to resume it, or pass resume=false to start over in this folder (overwrites it).")
 
 
-def _write_provenance(ctx: Any, world_size: int) -> None:
-    data = ctx.__dict__.get("data")  # only when the task built it (cached_property)
+def _write_provenance(ctx: RunContext, world_size: int) -> None:
+    data = ctx.built_data
     ctx.run.write_provenance(data_fingerprint=data.fingerprint if data is not None else None,
                              device=str(ctx.cfg.trainer.device),
                              extra={"config_hash": ctx.config_hash, "task": ctx.cfg.task, "world_size": world_size,

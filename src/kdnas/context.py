@@ -131,6 +131,12 @@ class RunContext:
                           self.cache_dir)
 
     @property
+    def built_data(self) -> DataModule | None:
+        """The data module when the task built it, else None (never builds it: provenance records its fingerprint
+        only when the run read data)."""
+        return self.__dict__.get("data")  # where functools.cached_property keeps a computed value
+
+    @property
     def resume(self) -> bool:
         return str(self.cfg.resume).lower() != "false"
 

@@ -21,11 +21,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdnas.config import ModelConfig, TeacherConfig, TrainerConfig
+from kdnas.context import RunContext
 from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.models import build_model, create_model
+from kdnas.runs import RunDir
 from kdnas.utils import read_json, stable_hash
 
 log = logging.getLogger("kdnas")
@@ -157,7 +159,7 @@ def packaged_teacher(key: str, root: Path = PACKAGED_TEACHERS) -> Path | None:
     return path if read_json(path / "teacher.json").get("key") == key else None
 
 
-def teacher_key(ctx: Any, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
+def teacher_key(ctx: RunContext, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
     trainer = TrainerConfig(**OmegaConf.to_container(tcfg.trainer, resolve=True))
     store = TeacherStore(ctx.cache_dir)
     key = store.key(model=tcfg.model, data=ctx.data.identity, train_split=trainer.train_split,
@@ -165,7 +167,7 @@ def teacher_key(ctx: Any, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
     return store, key, trainer
 
 
-def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, run: Any = None
+def ensure_teacher(ctx: RunContext, tcfg: Any | None = None, *, force: bool = False, run: RunDir | None = None
                    ) -> tuple[Path, dict[str, Any]]:
     """Return (store folder, card) of the teacher ``tcfg`` describes, training it (in ``run``, default a
     sub-folder of the current run) when missing and allowed."""
@@ -214,7 +216,7 @@ def ensure_teacher(ctx: Any, tcfg: Any | None = None, *, force: bool = False, ru
         return path, read_json(path / "teacher.json")
 
 
-def load_teacher(ctx: Any, tcfg: Any | None = None) -> nn.Module:
+def load_teacher(ctx: RunContext, tcfg: Any | None = None) -> nn.Module:
     """The frozen teacher network for ``teacher.kind`` store or checkpoint (ensembles: kdnas.distill)."""
     if tcfg is None:
         tcfg = ctx.cfg.teacher

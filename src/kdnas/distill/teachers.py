@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from kdnas.config import TeacherConfig
+from kdnas.context import RunContext
 from kdnas.distill.cache import tensor_bytes
 from kdnas.errors import ConfigError
 from kdnas.models import Features
@@ -96,7 +97,7 @@ def member_configs(tcfg: Any) -> list[Any]:
     return out
 
 
-def build_teacher(ctx: Any, tcfg: Any | None = None) -> Teacher:
+def build_teacher(ctx: RunContext, tcfg: Any | None = None) -> Teacher:
     """The :class:`Teacher` of ``teacher.kind`` (store, checkpoint or ensemble)."""
     tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
     check_kind_keys(tcfg)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from kdnas.tasks import TASKS
+
+if TYPE_CHECKING:  # not at run time: `kdnas --help` reads this module and stays free of torch
+    from kdnas.context import RunContext
 
 # One line per task for `kdnas --help` and task=list (a test keeps it in step with TASKS).
 TASK_HELP = {
@@ -104,5 +107,5 @@ def listing(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: RunContext) -> dict[str, Any]:
     return listing(ctx.cfg)
