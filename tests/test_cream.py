@@ -181,6 +181,7 @@ CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "tr
          "strategy.external_teacher=true", "teacher.model=resnet8", "strategy.flops_bounds=[5e7]"]
 
 
+@pytest.mark.slow
 def test_search_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = [*SMOKE, *CREAM]
     whole = kdnas.run("cream_search", overrides, run_dir=tmp_path / "whole")

@@ -72,6 +72,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [{k: r[k] for k in keep if k in r} for r in map(json.loads, (run_dir / "metrics.jsonl").open())]
 
 
+@pytest.mark.slow
 def test_resume_after_crash_gives_identical_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     overrides = [*SMOKE, "model=resnet8", "trainer.epochs=3", "trainer.max_steps_per_epoch=6"]
     full = tmp_path / "full"

@@ -101,7 +101,7 @@ def test_unknown_model_suggests_close_match() -> None:
         create_model("timm:resnet18x", num_classes=10)
 
 
-@pytest.mark.parametrize("name", ["timm:resnet18", "timm:mobilenetv3_small_050"])
+@pytest.mark.parametrize("name", ["timm:resnet18", pytest.param("timm:mobilenetv3_small_050", marks=pytest.mark.slow)])
 def test_timm_adapter(name: str, x: torch.Tensor) -> None:
     model = create_model(name, num_classes=10)
     check_feature_api(model, x)

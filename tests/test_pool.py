@@ -72,6 +72,7 @@ def test_per_epoch_reads_the_train_records_that_have_the_metric() -> None:
     assert per_epoch([{"epoch": 0, "split": "train", "loss": 1.0}], "loss_oracle_disagreement") == []
 
 
+@pytest.mark.slow
 def test_oracle_disagreement_reaches_the_search_history(tmp_path: Path) -> None:
     oracle = ["teacher=ensemble", "teacher.members=[{model:resnet8,seed:0},{model:resnet8,seed:1}]",
               "teacher.combine=oracle", "distill=oracle", "search.objective=kd", "search.budget=1", "search.batch=1"]

@@ -32,6 +32,7 @@ def report(path: Path, out: Path) -> tuple[dict[str, Any], str]:
     return summary, Path(summary["report_md"]).read_text()
 
 
+@pytest.mark.slow
 def test_report_over_a_train_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kdnas.run("train", TRAIN, run_dir=tmp_path / "train")
     records = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").open()]

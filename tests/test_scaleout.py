@@ -44,6 +44,7 @@ def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_sweep_runs_every_job_and_reports_failures(launcher: str, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
@@ -63,6 +64,7 @@ def test_sweep_runs_every_job_and_reports_failures(launcher: str, tmp_path: Path
     assert "kdnas: 2 job(s) failed:" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sweep_rerun_skips_finished_jobs_and_resumes_unfinished(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1", f"hydra.sweep.dir={sweep}"]
@@ -145,6 +147,7 @@ def test_a_run_from_before_an_upgrade_that_added_keys_resumes(tmp_path: Path) ->
     assert json.loads((run_dir / "summary.json").read_text())["test_top1_last"] == finished["test_top1_last"]
 
 
+@pytest.mark.slow
 def test_finished_run_is_returned_not_rerun(tmp_path: Path) -> None:
     first = kdnas.run("train", TINY, run_dir=str(tmp_path))
     again = kdnas.run("train", TINY, run_dir=str(tmp_path))
@@ -209,6 +212,7 @@ def torchrun_kdnas(*overrides: str, cwd: Path, **env: str) -> subprocess.Complet
     return proc
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_match_one_process_accumulating(tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"
     overrides = [*TINY, "trainer.batch_size=8"]
@@ -231,6 +235,7 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path: Path) -> None:
     assert proc.stdout.count("done:") == 1  # rank 0 alone logs
 
 
+@pytest.mark.slow
 def test_ddp_ranks_train_a_missing_teacher_together(tmp_path: Path) -> None:
     """Rank 0 holds the teacher store's lock for the group (a rank blocked on it deadlocked the others)."""
     cache = tmp_path / "cache"
@@ -289,6 +294,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[
     return comparable(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_killed_run_resumes_to_identical_result(point: str, uninterrupted: tuple, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
