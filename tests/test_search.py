@@ -66,6 +66,7 @@ def diswot_evaluator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxy
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_evolution_finds_better_diswot_scores_than_random(diswot_evaluator: ProxyEvaluator) -> None:
     best: dict[str, list[float]] = {"random": [], "evolution": []}
     for seed in range(6):
@@ -176,6 +177,7 @@ CORRELATE = [*SMOKE, *GROUPS, "correlate.archs=6", "correlate.proxies=[diswot,pa
              "teacher.model=resnet8", "proxy.batch_size=16"]
 
 
+@pytest.mark.slow
 def test_task_correlate_writes_table_and_plots_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = kdnas.run("correlate", CORRELATE, run_dir=tmp_path / "a")
     table = (tmp_path / "a" / "correlate.md").read_text()
