@@ -88,7 +88,7 @@ def corrupt_image_folder(tmp: Path) -> Path:
 @pytest.mark.parametrize(("data_root", "needles"), [
     (missing_folder, ("data.root", "does not exist")),
     (empty_folder, ("train/<class>",)),
-    (corrupt_image_folder, ("broken.jpg", "Replace or delete")),
+    pytest.param(corrupt_image_folder, ("broken.jpg", "Replace or delete"), marks=pytest.mark.slow),
 ], ids=["missing root", "empty folder", "corrupt image"])
 def test_bad_data(data_root, needles: tuple[str, ...], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -130,6 +130,7 @@ def swap_in_pickle(ckpt: Path, marker: Path) -> None:
     (ckpt / "meta.json").write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("damage", "needles"), [
     (truncate, ("sha256", "truncated or tampered")),
     (tamper, ("sha256", "truncated or tampered")),
@@ -283,6 +284,7 @@ def test_nan_loss_names_grad_clip_and_keeps_last_good_checkpoint(tmp_path: Path)
     assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tmp_path: Path) -> None:
     """A parent that is a regular file: unwritable even for root, which ignores permission bits."""
     (tmp_path / "file").write_text("")

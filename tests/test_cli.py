@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from .helpers import SMOKE, kdnas_cli
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = kdnas_cli("task=train", "model=resnet8", *SMOKE, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -29,6 +30,7 @@ def test_train_writes_a_complete_run_dir(tmp_path: Path) -> None:
     assert json.loads((run_dir / "status.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_paragraph_without_traceback(tmp_path: Path) -> None:
     bad_model = kdnas_cli("task=train", "model.name=resnet21", *SMOKE, cwd=tmp_path)
     assert bad_model.returncode != 0
