@@ -273,6 +273,7 @@ def test_a_teacher_key_its_kind_does_not_read_is_refused(overrides: list[str], n
 
 # -- training and the output folder ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_nan_loss_names_grad_clip_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     diverge = ["trainer.epochs=2", "trainer.schedule=multistep", "trainer.milestones=[1]", "trainer.gamma=1e30"]
