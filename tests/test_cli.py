@@ -48,6 +48,7 @@ def test_version() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("kdnas ")
 
 
+@pytest.mark.slow
 def test_help_is_kdnas_own(tmp_path: Path) -> None:
     """Tasks, five example commands and the groups with the options they accept; no internal *_schema options."""
     from kdnas.tasks import TASKS
