@@ -24,11 +24,11 @@ from bench_train import JsonReport, device_info
 from kdnas.config import DataConfig, TrainerConfig
 from kdnas.data import build_data
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, LossWeights
 from kdnas.engine.trainer import Trainer
 from kdnas.models import create_model
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher
 from kdnas.utils import resolve_device
 
 

@@ -32,11 +32,11 @@ from torch import nn
 from kdnas.config import DataConfig, TrainerConfig
 from kdnas.data import build_data
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, LossWeights
 from kdnas.engine.trainer import Trainer
 from kdnas.models import create_model
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher
 
 
 class DistillKL(nn.Module):

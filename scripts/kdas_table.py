@@ -142,9 +142,9 @@ class Driver:
         """Train (through the store) and evaluate the members: each one, the mean ensemble, the oracle."""
         from kdnas.config import TrainerConfig
         from kdnas.context import RunContext, to_object
-        from kdnas.distill.teachers import build_teacher
         from kdnas.engine.trainer import apply_runtime
         from kdnas.runs import RunDir
+        from kdnas.teachers import build_teacher
 
         wall, cpu = time.perf_counter(), time.process_time()
         cfg = compose("distill", [*self.common, *self.final])

@@ -19,11 +19,10 @@ import kdnas
 from kdnas import utils
 from kdnas.api import compose
 from kdnas.context import RunContext
-from kdnas.distill.teachers import build_teacher
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint
 from kdnas.errors import CheckpointError, ConfigError, KdnasError
 from kdnas.runs import RunDir
-from kdnas.teachers import load_teacher
+from kdnas.teachers import build_teacher, load_teacher
 
 from .helpers import SMOKE, kdnas_cli
 

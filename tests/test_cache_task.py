@@ -16,10 +16,10 @@ import kdnas
 from kdnas.config import DataConfig
 from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, exclusive, lock_file
-from kdnas.distill.teachers import weights_sha256
 from kdnas.errors import ConfigError
 from kdnas.evaluators import CachedEvaluator
 from kdnas.models import create_model
+from kdnas.teachers import weights_sha256
 
 from .helpers import SMOKE
 

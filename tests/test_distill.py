@@ -18,11 +18,11 @@ from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, prebuild
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher, build_teacher, weights_sha256
 from kdnas.distill.terms import DistillConfig, LossWeights, active_weights, distill_config, dkd_beta
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher, build_teacher, weights_sha256
 
 from .helpers import SMOKE
 

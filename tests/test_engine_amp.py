@@ -14,13 +14,13 @@ import kdnas
 from kdnas.config import DataConfig, TrainerConfig
 from kdnas.data import DataModule, build_data
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, LossWeights
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.trainer import Trainer, autocast_context
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher
 
 from .helpers import SMOKE
 from .helpers.amp import (

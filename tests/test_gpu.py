@@ -25,7 +25,6 @@ from kdnas.config import DataConfig, TrainerConfig
 from kdnas.data import DataModule, build_data
 from kdnas.distill.cache import TeacherLogitCache
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, LossWeights
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.trainer import Trainer
@@ -33,6 +32,7 @@ from kdnas.evaluators import evaluation_pool, visible_gpus
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.spaces import create_space
+from kdnas.teachers import Teacher
 
 from .helpers import SMOKE
 from .helpers.amp import (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import kdnas
-from kdnas import evaluators, teachers
+from kdnas import evaluators
 from kdnas.api import compose
 from kdnas.config import DataConfig
 from kdnas.context import RunContext, to_object
@@ -19,6 +19,7 @@ from kdnas.distill.cache import TeacherLogitCache
 from kdnas.evaluators import proxy_evaluator, train_evaluator
 from kdnas.runs import RunDir
 from kdnas.spaces import create_space
+from kdnas.teachers import store as store_module
 from kdnas.teachers import teacher_key
 
 from .helpers import SMOKE
@@ -70,7 +71,7 @@ OWN = {
     "proxy_eval": {"seed": "seed=1"},
 }
 # The per-store code version: bumping it retires every old entry.
-VERSIONS = {"teacher_store": (teachers, "STORE_FORMAT"), "teacher_logits": (logit_cache, "CACHE_FORMAT"),
+VERSIONS = {"teacher_store": (store_module, "STORE_FORMAT"), "teacher_logits": (logit_cache, "CACHE_FORMAT"),
             "train_eval": (evaluators.base, "EVAL_FORMAT"), "proxy_eval": (evaluators.base, "EVAL_FORMAT")}
 
 

@@ -20,13 +20,13 @@ from kdnas.config import DataConfig
 from kdnas.context import RunContext
 from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, tensor_sha256
-from kdnas.distill.teachers import weights_sha256
 from kdnas.engine.trainer import Trainer
 from kdnas.errors import ConfigError
 from kdnas.evaluators import evaluation_pool, per_epoch, train_evaluator
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config
+from kdnas.teachers import weights_sha256
 
 from .helpers import SMOKE
 

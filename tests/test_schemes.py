@@ -17,11 +17,11 @@ from kdnas.context import build_model
 from kdnas.data import build_data
 from kdnas.distill.schemes import fitnet_two_stage
 from kdnas.distill.schemes.dml import MutualObjective
-from kdnas.distill.teachers import weights_sha256
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.trainer import Trainer
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
+from kdnas.teachers import weights_sha256
 
 from .helpers import SMOKE
 

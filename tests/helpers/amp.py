@@ -13,12 +13,12 @@ from kdnas.api import compose
 from kdnas.context import RunContext, build_model
 from kdnas.data import DataModule
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import TERMS, DistillConfig, LossWeights
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.trainer import Trainer, autocast_context
 from kdnas.models import create_model
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher
 
 from . import SMOKE
 

@@ -20,10 +20,10 @@ from torch import Tensor, nn
 from kdnas.data import Batch, DataModule
 from kdnas.distill import functional as kdf
 from kdnas.distill.cache import TeacherLogitCache
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, TeacherOutput, TermContext, active_weights, build_terms, probe
 from kdnas.engine.objective import Objective, StepOutput
 from kdnas.errors import ConfigError
+from kdnas.teachers import Teacher
 
 log = logging.getLogger("kdnas")
 

@@ -13,12 +13,12 @@ from torch import nn
 
 from kdnas.config import TrainerConfig, to_object
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.engine.trainer import write_model_card
 from kdnas.models import build_model
 from kdnas.runs import RunDir
 from kdnas.spaces import build_candidate, load_arch, space_for
+from kdnas.teachers import Teacher
 from kdnas.utils import atomic_write_json
 
 if TYPE_CHECKING:

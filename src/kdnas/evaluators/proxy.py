@@ -18,7 +18,6 @@ from kdnas.config import ModelConfig, dataclass_from_node
 from kdnas.context import RunContext
 from kdnas.data import Batch, DataModule
 from kdnas.distill.cache import tensor_sha256
-from kdnas.distill.teachers import build_teacher
 from kdnas.errors import ConfigError
 from kdnas.evaluators.base import COSTS, CachedEvaluator, memory_format, sample_archs
 from kdnas.models import build_model, create_model
@@ -27,6 +26,7 @@ from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
 from kdnas.proxies.base import INITS
 from kdnas.proxies.diswot import COMBINES, SEMANTIC_CHOICES, TERMS, TeacherStats, semantic_form
 from kdnas.spaces.base import Arch, SearchSpace, build_candidate
+from kdnas.teachers import build_teacher
 from kdnas.utils import derive_seed, resolve_device
 
 log = logging.getLogger("kdnas")
@@ -147,7 +147,7 @@ class ProxyEvaluator(CachedEvaluator):
 
 
 def embedding_width(net: nn.Module) -> int:
-    """The classifier's input width of a network (a :class:`~kdnas.distill.teachers.Teacher`: its first member)."""
+    """The classifier's input width of a network (a :class:`~kdnas.teachers.Teacher`: its first member)."""
     members = getattr(net, "members", None)
     return (members[0] if members is not None else net).classifier.in_features
 

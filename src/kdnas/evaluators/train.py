@@ -16,7 +16,6 @@ from kdnas.config import TrainerConfig, to_object
 from kdnas.context import RunContext
 from kdnas.distill import student
 from kdnas.distill.cache import TeacherLogitCache, prebuild
-from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
 from kdnas.errors import ConfigError
 from kdnas.evaluators.base import COSTS, CachedEvaluator
@@ -24,7 +23,7 @@ from kdnas.execution import Pool, WorkerSpec
 from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch, SearchSpace, build_candidate
 from kdnas.spaces.costs import CostModel
-from kdnas.teachers import recipe_of
+from kdnas.teachers import build_teacher, recipe_of
 from kdnas.utils import resolve_device
 
 

@@ -21,10 +21,10 @@ from torch import nn
 from kdnas.config import TrainerConfig, to_object
 from kdnas.context import RunContext
 from kdnas.distill.student import distill_student, student_factory, write_card
-from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import active_weights, distill_config
 from kdnas.engine.trainer import autocast_context
 from kdnas.errors import ConfigError
+from kdnas.teachers import build_teacher
 
 __all__ = ["comparison_line", "distill_student", "paired_comparison", "run", "student_factory", "test_hits"]
 log = logging.getLogger("kdnas")

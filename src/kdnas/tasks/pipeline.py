@@ -5,7 +5,7 @@ teacher (from the store, trained on first use) -> search (``strategy=``, ``proxy
 DisWOT terms as losses, DisWOT-dagger) and, for comparison, the same student (same init, data order and
 recipe) trained with CE alone -> a short plain-text table, also written to ``pipeline.txt``.
 
-Every strategy runs here: the sample-based ones through :mod:`kdnas.search`; ``strategy=cream`` trains its
+Every strategy runs here as in task=search (:func:`kdnas.search.run_strategy`); ``strategy=cream`` trains its
 supernet with the search recipe (``trainer`` with the ``search.trainer`` overrides, the recipe the train
 evaluator's candidates get), since ``trainer`` is the winner's retraining recipe. The summary's ``timings``
 (seconds of this session's wall clock) make runs comparable at an equal budget (experiment=compare_strategies):
@@ -20,22 +20,18 @@ import logging
 import time
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from kdnas.config import TrainerConfig
-from kdnas.context import RunContext, to_object
+from kdnas.context import RunContext
 from kdnas.distill.student import distill_student
-from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import active_weights, distill_config
-from kdnas.errors import ConfigError
 from kdnas.evaluators import CE_ONLY
 from kdnas.progress import duration
-from kdnas.runs import RunDir
-from kdnas.search import search
+from kdnas.search import run_strategy
 from kdnas.spaces import build_candidate, load_arch, space_for
 from kdnas.spaces.costs import CostModel, count_params
-from kdnas.strategies.cream.search import CreamSearch
 from kdnas.tasks.distill import comparison_line, paired_comparison, test_hits
+from kdnas.teachers import build_teacher
 
 log = logging.getLogger("kdnas")
 STAGES = ("teacher", "search", "KD retraining of the winner", "CE baseline of the winner")
@@ -48,20 +44,6 @@ def table(rows: list[tuple[str, int | None, float | None]], title: str) -> str:
         p = f"{params / 1e6:.3f}M" if params is not None else "-"
         lines.append(f"{name:<{w}}{p:>10}{f'{top1:.2f}' if top1 is not None else '-':>12}")
     return "\n".join(lines)
-
-
-def search_any(ctx: RunContext, run: RunDir) -> dict[str, Any]:
-    """The search of any strategy in ``run``: cream's supernet or the shared sample-based loop."""
-    cfg = ctx.cfg
-    if OmegaConf.select(cfg, "strategy.name") != "cream":
-        return search(ctx, run)
-    recipe = to_object(OmegaConf.merge(cfg.trainer, cfg.search.trainer or {}), TrainerConfig)
-    found = CreamSearch(ctx, run=run, trainer=recipe).run()
-    if "best_arch_path" not in found:
-        raise ConfigError("strategy=cream ended with an empty board: its search stopped during the warm-up (no path "
-                          "is admitted before). Set strategy.warmup_epochs=0 or a shorter warm-up, or raise "
-                          "search.time_budget_s / search.trainer.epochs.")
-    return found
 
 
 def searched(found: dict[str, Any], cfg: DictConfig) -> str:
@@ -90,7 +72,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     teacher = build_teacher(ctx)
     lap("teacher")
     stage(1)
-    found = search_any(ctx, ctx.run.sub("search"))
+    found = run_strategy(ctx, ctx.run.sub("search"))
     lap("search")
     arch = load_arch(found["best_arch_path"])
     space, data = space_for(arch), ctx.data

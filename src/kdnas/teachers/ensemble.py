@@ -1,6 +1,7 @@
-"""The teacher a distillation run reads: one frozen network or an ensemble of them.
+"""The teacher a distillation run reads: one frozen network or an ensemble of them (built by
+:func:`kdnas.teachers.load.build_teacher`).
 
-``teacher=store|checkpoint`` gives one member (:func:`kdnas.teachers.load_teacher`); ``teacher=ensemble``
+``teacher=store|checkpoint`` gives one member (:func:`kdnas.teachers.load.load_teacher`); ``teacher=ensemble``
 gives one member per entry of ``teacher.members``, each a teacher config of its own (``model`` + ``seed``
 from the store, trained with ``teacher.trainer`` when missing, or ``checkpoint``). Members are combined by
 the mean of their logits; ``teacher.combine=oracle`` distils with KDAS's oracle loss instead (Kang et al.
@@ -19,11 +20,18 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 
 from kdnas.config import TeacherConfig
-from kdnas.context import RunContext
 from kdnas.distill.cache import tensor_bytes
 from kdnas.errors import ConfigError
 from kdnas.models import Features
-from kdnas.teachers import check_kind_keys, freeze, load_teacher
+
+
+def freeze(net: nn.Module) -> nn.Module:
+    """Teachers run in eval mode without gradients."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
 
 COMBINE = ("mean", "oracle")
 CACHE_MODES = ("auto", "off", "required")
@@ -95,15 +103,3 @@ def member_configs(tcfg: Any) -> list[Any]:
         cfg.kind = "checkpoint" if cfg.checkpoint else "store"
         out.append(cfg)
     return out
-
-
-def build_teacher(ctx: RunContext, tcfg: Any | None = None) -> Teacher:
-    """The :class:`Teacher` of ``teacher.kind`` (store, checkpoint or ensemble)."""
-    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
-    check_kind_keys(tcfg)
-    if tcfg.kind == "none":
-        raise ConfigError("Distillation needs a teacher: teacher=store teacher.model=NAME, teacher=checkpoint "
-                          "teacher.checkpoint=PATH, or teacher=ensemble.")
-    members = member_configs(tcfg) if tcfg.kind == "ensemble" else [tcfg]
-    return Teacher([load_teacher(ctx, m) for m in members], [str(m.model) for m in members],
-                   combine=tcfg.combine, cache=tcfg.cache)

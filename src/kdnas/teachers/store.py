@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from torch import nn
 
 from kdnas.config import ModelConfig, TeacherConfig, TrainerConfig
 from kdnas.context import RunContext
 from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
-from kdnas.errors import CheckpointError, ConfigError
-from kdnas.models import build_model, create_model
+from kdnas.errors import ConfigError
+from kdnas.models import build_model
 from kdnas.runs import RunDir
 from kdnas.utils import read_json, stable_hash
 
@@ -34,7 +33,7 @@ log = logging.getLogger("kdnas")
 # Teachers shipped inside the package (``<key>/model.safetensors`` + ``teacher.json``), filed into the store on
 # first use of their exact key: `make run` then needs no teacher training. scripts/make_quickstart_teacher.py
 # regenerates them; tests/test_quickstart.py checks that the quickstart's key still finds its teacher.
-PACKAGED_TEACHERS = Path(__file__).resolve().parent / "assets" / "teachers"
+PACKAGED_TEACHERS = Path(__file__).resolve().parent.parent / "assets" / "teachers"
 STORE_FORMAT = 2  # 2: keyed by the whole data identity; cards carry the weights' sha256
 # Trainer keys that do not change the trained weights' recipe.
 _RUNTIME_KEYS = ("device", "num_threads", "compile", "log_every", "checkpoint_every", "eval_every",
@@ -113,43 +112,6 @@ class TeacherStore:
                 if (p / "teacher.json").is_file()]
 
 
-def load_network(model_name: str, num_classes: int, weights: Path, **model_kwargs: Any) -> nn.Module:
-    """Build ``model_name`` and load safetensors weights into it, strictly."""
-    net = create_model(model_name, num_classes=num_classes, **model_kwargs)
-    try:
-        net.load_state_dict(load_verified_weights(weights))
-    except RuntimeError as e:
-        raise CheckpointError(f"Weights {str(weights)!r} do not fit model {model_name!r} with {num_classes} classes: "
-                              f"{str(e).splitlines()[0]} Set teacher.model / model.name to the network the weights "
-                              "were trained as.") from None
-    return net
-
-
-def freeze(net: nn.Module) -> nn.Module:
-    """Teachers run in eval mode without gradients."""
-    net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
-
-
-def resolve_checkpoint(path: str | Path, default_model: str) -> tuple[str, Path]:
-    """A weights file, a run folder or a store folder -> (model name, weights file)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for card in ("teacher.json", "model.json"):
-            if (path / card).is_file():
-                return read_json(path / card).get("model", default_model), path / "model.safetensors"
-        if (path / "model.safetensors").is_file():
-            return default_model, path / "model.safetensors"
-        raise CheckpointError(f"{str(path)!r} holds no model.safetensors. Pass a run folder of a finished training "
-                              "run, a teacher store folder, or a .safetensors file (teacher.checkpoint=PATH).")
-    if not path.exists():
-        raise CheckpointError(f"teacher.checkpoint={str(path)!r} does not exist. Give the path of a .safetensors file "
-                              "or a finished run folder.")
-    return default_model, path
-
-
 def packaged_teacher(key: str, root: Path = PACKAGED_TEACHERS) -> Path | None:
     """The packaged teacher filed under exactly ``key`` (the full store key: network, data identity, recipe,
     seed, store format), or None. A teacher is only ever reused for the configuration it was trained with."""
@@ -214,20 +176,3 @@ def ensure_teacher(ctx: RunContext, tcfg: Any | None = None, *, force: bool = Fa
         distributed.gather("filed")  # the other ranks read the entry once rank 0 has filed it
         path = store.root / key
         return path, read_json(path / "teacher.json")
-
-
-def load_teacher(ctx: RunContext, tcfg: Any | None = None) -> nn.Module:
-    """The frozen teacher network for ``teacher.kind`` store or checkpoint (ensembles: kdnas.distill)."""
-    if tcfg is None:
-        tcfg = ctx.cfg.teacher
-        check_kind_keys(tcfg)
-    if tcfg.kind == "store":
-        path, card = ensure_teacher(ctx, tcfg)
-        return freeze(load_network(card["model"], ctx.data.num_classes, path / "model.safetensors"))
-    if tcfg.kind == "checkpoint":
-        if not tcfg.checkpoint:
-            raise ConfigError("teacher=checkpoint needs teacher.checkpoint=PATH (a .safetensors file or a run folder).")
-        model, weights = resolve_checkpoint(tcfg.checkpoint, tcfg.model)
-        return freeze(load_network(model, ctx.data.num_classes, weights))
-    raise ConfigError(f"teacher.kind={tcfg.kind!r} cannot be loaded as a single network here; use store or "
-                      "checkpoint (ensembles are built by the distillation layer).")

@@ -22,9 +22,9 @@ from typing import Any
 from torch import nn
 
 from kdnas.context import RunContext
-from kdnas.distill.teachers import Teacher
 from kdnas.engine.trainer import Trainer
 from kdnas.runs import RunDir
+from kdnas.teachers import Teacher
 from kdnas.utils import atomic_write_bytes
 
 log = logging.getLogger("kdnas")

@@ -17,9 +17,9 @@ from typing import Any
 from kdnas.context import RunContext
 from kdnas.distill.schemes import evaluate, frozen_teacher, stage_row, summary_table
 from kdnas.distill.student import distill_student, student_factory
-from kdnas.distill.teachers import Teacher, build_teacher
 from kdnas.distill.terms import LossWeights, distill_config
 from kdnas.errors import ConfigError
+from kdnas.teachers import Teacher, build_teacher
 from kdnas.utils import derive_seed
 
 

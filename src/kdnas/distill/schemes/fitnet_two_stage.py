@@ -21,9 +21,9 @@ from kdnas.config import TrainerConfig
 from kdnas.context import RunContext, to_object
 from kdnas.distill.schemes import stage_row, summary_table
 from kdnas.distill.student import distill_student, student_factory
-from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import LossWeights, distill_config, stage_index
 from kdnas.errors import ConfigError
+from kdnas.teachers import build_teacher
 
 
 def lower_state_keys(net: nn.Module, stage: str, input_size: int) -> set[str]:

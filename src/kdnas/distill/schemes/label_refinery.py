@@ -22,10 +22,10 @@ from kdnas.data import Batch
 from kdnas.distill import functional as kdf
 from kdnas.distill.schemes import frozen_teacher, stage_row, summary_table
 from kdnas.distill.student import student_factory, write_card
-from kdnas.distill.teachers import Teacher
 from kdnas.distill.terms import distill_config
 from kdnas.engine.objective import Objective, StepOutput
 from kdnas.errors import ConfigError
+from kdnas.teachers import Teacher
 from kdnas.utils import derive_seed, resolve_device
 
 

@@ -14,8 +14,8 @@ from kdnas.config import ModelConfig
 from kdnas.context import RunContext, build_model
 from kdnas.distill.schemes import frozen_teacher, stage_row, summary_table
 from kdnas.distill.student import distill_student, student_factory
-from kdnas.distill.teachers import build_teacher
 from kdnas.distill.terms import distill_config
+from kdnas.teachers import build_teacher
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
