@@ -4,6 +4,7 @@ recalibration, and an end-to-end search on smoke data that resumes to the uninte
 from __future__ import annotations
 
 import json
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -175,16 +176,20 @@ def test_bn_recalibration_sets_the_path_statistics(supernet: Supernet) -> None:
     assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())  # supernet untouched
 
 
-CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "trainer.epochs=3",
+# the supernet recipe is `trainer` with the `search.trainer` overrides (in task=search as in task=pipeline)
+CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "+search.trainer.epochs=3",
          "trainer.max_steps_per_epoch=4", "strategy.warmup_epochs=1", "strategy.meta_every=3",
          "strategy.board_size=3", "strategy.bn_batches=1", "strategy.admission=minival",
          "strategy.external_teacher=true", "teacher.model=resnet8", "strategy.flops_bounds=[5e7]"]
 
 
 @pytest.mark.slow
-def test_search_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    """task=search strategy=cream runs; the deprecated task=cream_search alias, killed and resumed, gives the very
+    same search (its own run folder: the task name is part of the config hash)."""
     overrides = [*SMOKE, *CREAM]
-    whole = kdnas.run("cream_search", overrides, run_dir=tmp_path / "whole")
+    whole = kdnas.run("search", overrides, run_dir=tmp_path / "whole")
     for name in ("history.jsonl", "board.json", "best_arch.json", "board_accuracy.png", "summary.json"):
         assert (tmp_path / "whole" / name).is_file(), name
     board = json.loads((tmp_path / "whole" / "board.json").read_text())
@@ -207,7 +212,9 @@ def test_search_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(RuntimeError, match="killed"):
         kdnas.run("cream_search", overrides, run_dir=tmp_path / "resumed")
     monkeypatch.setattr(CreamSearch, "save", original_save)
-    resumed = kdnas.run("cream_search", overrides, run_dir=tmp_path / "resumed")
+    with caplog.at_level(logging.WARNING, logger="kdnas"):
+        resumed = kdnas.run("cream_search", overrides, run_dir=tmp_path / "resumed")
+    assert "task=cream_search is deprecated: run task=search strategy=cream" in caplog.text
 
     assert resumed["best_arch_id"] == whole["best_arch_id"]
     assert (json.loads((tmp_path / "resumed" / "board.json").read_text()) == board)

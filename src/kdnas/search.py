@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from kdnas.config import SearchSettings, TrainerConfig
 from kdnas.context import RunContext, to_object
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -48,6 +50,7 @@ from kdnas.spaces import space_from_config
 from kdnas.spaces.constraints import constraint_from_config
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies import Strategy, create_strategy, reward_key
+from kdnas.strategies.base import strategy_class
 from kdnas.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("kdnas")
@@ -188,3 +191,10 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
             evaluator.fingerprint, "cache_hits": evaluator.hits, "cache_misses": evaluator.misses,
             "aug_seed": getattr(evaluator, "aug_seed", None),  # train evaluator: one per search
             **({"semantic_form": evaluator.semantic_form} if getattr(evaluator, "semantic_form", None) else {})}
+
+
+def run_strategy(ctx: RunContext, run: RunDir) -> dict[str, Any]:
+    """The search of ``strategy=`` in ``run``, for task=search and task=pipeline alike: the strategy's own
+    :meth:`~kdnas.strategies.Strategy.search`, which by default is :func:`search` (the shared ask/tell loop) and
+    for cream its supernet loop."""
+    return strategy_class(OmegaConf.select(ctx.cfg, "strategy.name")).search(ctx, run, search)

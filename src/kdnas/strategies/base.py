@@ -23,7 +23,7 @@ import math
 import pkgutil
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +32,10 @@ from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.constraints import Constraint, sample_valid
 from kdnas.spaces.costs import CostModel
 from kdnas.utils import derive_seed
+
+if TYPE_CHECKING:
+    from kdnas.context import RunContext
+    from kdnas.runs import RunDir
 
 log = logging.getLogger("kdnas")
 
@@ -49,6 +53,7 @@ class Strategy:
     name = ""
     default_evaluator = "proxy"  # what search.evaluator=null means for this strategy (proxy | train)
     shapes_rewards = False  # a soft constraint shapes this strategy's rewards (else it changes nothing)
+    own_loop = False  # runs its own search (Cream's supernet) instead of the shared ask/tell loop
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
                  seed: int = 0, max_tries: int = 200) -> None:
@@ -60,6 +65,15 @@ class Strategy:
         self.seen: set[str] = set()
 
     # -- the protocol -----------------------------------------------------------------------------
+    @classmethod
+    def search(cls, ctx: RunContext, run: RunDir,
+               loop: Callable[[RunContext, RunDir], dict[str, Any]]) -> dict[str, Any]:
+        """The whole search of this strategy in the run folder ``run``, returning its summary (with
+        ``best_arch_path``). By default the shared ask/tell loop ``loop`` (:func:`kdnas.search.search`, which builds
+        the strategy from the config): it is passed in because the loop sits above the strategies. A strategy
+        with its own loop (``own_loop = True``) overrides this. A classmethod: the loop builds the instance."""
+        return loop(ctx, run)
+
     def ask(self, n: int) -> list[Arch]:
         raise NotImplementedError
 
@@ -159,8 +173,16 @@ def _import_strategies() -> None:
 
 
 def list_strategies() -> list[str]:
+    """The strategies the shared ask/tell loop drives (not those with their own loop, such as cream)."""
     _import_strategies()
-    return sorted(_STRATEGIES)
+    return sorted(name for name, cls in _STRATEGIES.items() if not cls.own_loop)
+
+
+def strategy_class(name: str | None) -> type[Strategy]:
+    """The class registered as ``name``; the base class (whose ``search`` runs the shared loop, which reports a
+    missing or unknown name) when there is none."""
+    _import_strategies()
+    return _STRATEGIES.get(name or "", Strategy)
 
 
 def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSpace, *,
@@ -171,10 +193,10 @@ def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSp
     _import_strategies()
     if name is None:
         raise ConfigError(f"No search strategy selected: pick one with strategy=<name> (diswot, zero_cost, random); "
-                          f"registered strategies: {', '.join(sorted(_STRATEGIES))}.")
-    if name not in _STRATEGIES:
+                          f"registered strategies: {', '.join(list_strategies())}.")
+    if name not in list_strategies():
         raise ConfigError(f"Unknown search strategy strategy.name={name!r}; available: "
-                          f"{', '.join(sorted(_STRATEGIES))} (pick one with strategy=<name>).")
+                          f"{', '.join(list_strategies())} (pick one with strategy=<name>).")
     cls = _STRATEGIES[name]
     accepted = {name for c in cls.__mro__ if "__init__" in vars(c)
                 for name, p in inspect.signature(c.__init__).parameters.items()

@@ -1,6 +1,17 @@
-"""task=cream_search: Cream of the Crop one-shot search (``space=mbconv_cream strategy=cream``); see
-:mod:`kdnas.strategies.cream.search` for the loop and the files it writes into the run folder."""
+"""task=cream_search: a deprecated alias of ``task=search strategy=cream`` (the one way to run Cream), kept so that
+existing commands and run folders still work; it logs a deprecation warning and runs task=search."""
 
-from kdnas.strategies.cream.search import run
+from __future__ import annotations
 
-__all__ = ["run"]
+import logging
+from typing import Any
+
+from kdnas.context import RunContext
+from kdnas.tasks import search
+
+log = logging.getLogger("kdnas")
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    log.warning("task=cream_search is deprecated: run task=search strategy=cream (the same search, the same files).")
+    return search.run(ctx)

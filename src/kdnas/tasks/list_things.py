@@ -21,7 +21,7 @@ TASK_HELP = {
     "train_teacher": "train a teacher and file it in the teacher store",
     "distill": "distill a student from a teacher (KD, feature losses, schemes; distill.compare_ce=true adds CE)",
     "search": "search a student architecture (DisWOT, zero-cost proxies, random, AKD, KDAS)",
-    "cream_search": "Cream of the Crop: one-shot supernet search with prioritized paths",
+    "cream_search": "deprecated alias of task=search strategy=cream (Cream of the Crop supernet search)",
     "pipeline": "search, then distill the winner with KD and train it with CE",
     "correlate": "how well proxies rank architectures against their trained accuracy",
     "cache": "list the cache (teacher logits, evals, teachers, data) with sizes and ages; cache.prune.* removes",

@@ -5,7 +5,8 @@ Neural Architecture Search"; official code https://github.com/microsoft/Cream).
 * :mod:`.board`: the prioritized path board and :class:`CreamStrategy` (uniform ask, board-admission tell);
 * :mod:`.meta`: meta matching, the path-distillation loss, the look-ahead hypergradient (and the official
   code's bugs fixed here);
-* :mod:`.search`: the training loop, checkpoints and result files (``task=cream_search``).
+* :mod:`.search`: the training loop, checkpoints and result files, and :class:`Cream` (``strategy=cream``, whose
+  ``search`` runs that loop for ``task=search`` and ``task=pipeline``).
 """
 
 from kdnas.strategies.cream.board import BoardEntry, CreamStrategy, PrioritizedBoard

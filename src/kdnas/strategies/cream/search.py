@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdnas.config import SearchSettings, TrainerConfig, dataclass_from_node
@@ -49,6 +49,7 @@ from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch, space_from_config
 from kdnas.spaces.costs import count_flops, count_params
 from kdnas.spaces.mbconv import MBConvSpace
+from kdnas.strategies.base import register_strategy
 from kdnas.strategies.cream.board import BoardEntry, CreamStrategy
 from kdnas.strategies.cream.meta import MetaMatching, cream_loss, lookahead_hypergradient
 from kdnas.strategies.cream.supernet import MacsTable, Supernet, recalibrate_bn
@@ -113,15 +114,22 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * accuracy_counts(logits, y, 1)[0].item() / len(y)
 
 
+def supernet_recipe(cfg: DictConfig) -> TrainerConfig:
+    """Cream's supernet recipe, one rule for task=search and task=pipeline: ``trainer`` with the ``search.trainer``
+    overrides, the recipe the train evaluator's candidates get (in task=pipeline ``trainer`` alone is the winner's
+    retraining recipe)."""
+    return to_object(OmegaConf.merge(cfg.trainer, OmegaConf.select(cfg, "search.trainer") or {}), TrainerConfig)
+
+
 class CreamSearch:
-    """The search in ``run`` (default: ``ctx``'s run folder) with the supernet recipe ``trainer`` (default: the
-    ``trainer`` group; task=pipeline passes its search recipe, as the train evaluator gets); ``space`` (default:
-    the ``space`` group, else mbconv_cream) may be any MBConv space object, e.g. a reduced one built in a script."""
+    """The search in ``run`` (default: ``ctx``'s run folder) with the supernet recipe ``trainer`` (default:
+    :func:`supernet_recipe`); ``space`` (default: the ``space`` group, else mbconv_cream) may be any MBConv space
+    object, e.g. a reduced one built in a script."""
 
     def __init__(self, ctx: RunContext, space: MBConvSpace | None = None, *, run: RunDir | None = None,
                  trainer: TrainerConfig | None = None) -> None:
         self.ctx, self.cfg, self.run_dir = ctx, cream_config(ctx.cfg.strategy), run or ctx.run
-        self.tcfg = trainer or to_object(ctx.cfg.trainer, TrainerConfig)
+        self.tcfg = trainer or supernet_recipe(ctx.cfg)
         self.time_budget = SearchSettings.from_config(ctx.cfg.search).time_budget_s
         if self.tcfg.amp != "off":
             raise ConfigError("strategy=cream trains in full precision; set trainer.amp=off.")
@@ -405,6 +413,19 @@ def plot_history(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    """Entry point for the search task (``strategy=cream``)."""
-    return CreamSearch(ctx).run()
+@register_strategy("cream")
+class Cream(CreamStrategy):
+    """``strategy=cream``: :class:`CreamStrategy`'s ask/tell driven by its own supernet loop (:class:`CreamSearch`),
+    not by the shared loop; the supernet itself is the evaluator."""
+
+    own_loop = True
+
+    @classmethod
+    def search(cls, ctx: RunContext, run: RunDir, loop: Any = None) -> dict[str, Any]:
+        """The supernet search in ``run`` (``loop``, the shared one, is not used)."""
+        found = CreamSearch(ctx, run=run).run()
+        if "best_arch_path" not in found:
+            raise ConfigError("strategy=cream ended with an empty board: its search stopped during the warm-up (no "
+                              "path is admitted before). Set strategy.warmup_epochs=0 or a shorter warm-up, or raise "
+                              "search.time_budget_s / search.trainer.epochs.")
+        return found
