@@ -260,11 +260,13 @@ def test_task_distill_student_from_a_searched_arch(tmp_path: Path) -> None:
     arch = create_space("resnet_cifar").make({"depth1": 1, "depth2": 1, "depth3": 1})
     (tmp_path / "best_arch.json").write_text(json.dumps(arch.to_json()))
     cfg = compose("distill", [*SMOKE, "teacher.model=resnet8", "distill=kd", "trainer.max_steps_per_epoch=2",
-                              f"student.arch={tmp_path / 'best_arch.json'}"])
+                              "distill.compare_ce=true", f"student.arch={tmp_path / 'best_arch.json'}"])
     summary = execute(cfg, tmp_path / "run", raise_errors=True)
     assert summary is not None and summary["student"] == f"arch:{arch.arch_id}"
-    assert json.loads((tmp_path / "run" / "arch.json").read_text())["arch_id"] == arch.arch_id
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["model"] == f"arch:{arch.arch_id}"
+    for run in (tmp_path / "run", tmp_path / "run" / "ce"):  # both folders export: each holds the arch
+        assert json.loads((run / "arch.json").read_text()) == arch.to_json()
+        card = json.loads((run / "model.json").read_text())
+        assert card["model"] == f"arch:{arch.arch_id}" and card["arch"] == arch.to_json()
 
 
 def test_paired_comparison_of_kd_and_ce_hits() -> None:

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from kdnas.spaces.base import Arch
 
 
-def student_factory(ctx: RunContext) -> tuple[Callable[[], nn.Module], str, Path | None]:
-    """(build a fresh student with its seeded init, its name, the arch JSON it came from or None)."""
+def student_factory(ctx: RunContext) -> tuple[Callable[[], nn.Module], str, Arch | None]:
+    """(build a fresh student with its seeded init, its name, the searched arch it came from or None)."""
     cfg, num_classes = ctx.cfg, ctx.data.num_classes
     arch_path = OmegaConf.select(cfg, "student.arch", default=None)
     if arch_path is None:
@@ -39,11 +39,15 @@ def student_factory(ctx: RunContext) -> tuple[Callable[[], nn.Module], str, Path
     def make() -> nn.Module:  # the init a search evaluator gives this arch: seeded by (seed, arch_id)
         return build_candidate(space, arch, num_classes, ctx.data.input_size, cfg.seed)
 
-    return make, f"arch:{arch.arch_id}", path
+    return make, f"arch:{arch.arch_id}", arch
 
 
-def write_card(ctx: RunContext, run: RunDir, name: str, **extra: Any) -> None:
-    """``model.json`` in ``run``: the network, its classes and the data it was trained on (task=export reads it)."""
+def write_card(ctx: RunContext, run: RunDir, name: str, arch: Arch | None = None, **extra: Any) -> None:
+    """``model.json`` in ``run``: the network, its classes and the data it was trained on, and for a searched
+    student ``arch.json`` plus the arch in the card, so that ``task=export export.run_dir=RUN`` rebuilds it."""
+    if arch is not None:
+        atomic_write_json(run.path / "arch.json", arch.to_json())
+        extra["arch"] = arch.to_json()
     write_model_card(run.path / "model.json", model=name, num_classes=ctx.data.num_classes, data=ctx.cfg.data.name,
                      data_fingerprint=ctx.data.fingerprint, **extra)
 
@@ -74,10 +78,7 @@ def distill_student(ctx: RunContext, student_model: nn.Module, teacher: Teacher 
                           label=label or f"{role} {name}")
     summary = trainer.fit(resume=ctx.resume)
     teacher_names = teacher.names if teacher is not None else []
-    if arch is not None:
-        atomic_write_json(run.path / "arch.json", arch.to_json())
-    write_card(ctx, run, name, teacher=teacher_names, distill=active_weights(cfg),
-               **({"arch": arch.to_json()} if arch is not None else {}))
+    write_card(ctx, run, name, arch, teacher=teacher_names, distill=active_weights(cfg))
     out = {"student": name, "teacher": teacher_names, "losses": active_weights(cfg), **summary}
     if teacher is not None and evaluate_teacher:
         out["teacher_test_top1"] = trainer.evaluate("test", teacher)["top1"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import shutil
 from typing import Any
 
 import torch
@@ -90,17 +89,15 @@ def run(ctx: RunContext) -> dict[str, Any]:
     dcfg = distill_config(cfg.distill)
     if dcfg.scheme != "none":
         return run_scheme(ctx, dcfg.scheme)
-    make_student, name, arch_path = student_factory(ctx)
+    make_student, name, arch = student_factory(ctx)
     teacher = build_teacher(ctx) if set(active_weights(dcfg)) - {"ce"} else None
     student = make_student()
-    summary = distill_student(ctx, student, teacher, dcfg, ctx.run, cfg.seed, student_name=name)
-    if arch_path is not None:
-        shutil.copyfile(arch_path, ctx.run.path / "arch.json")
+    summary = distill_student(ctx, student, teacher, dcfg, ctx.run, cfg.seed, student_name=name, arch=arch)
     if dcfg.compare_ce:
         ce_run, ce_student = ctx.run.sub("ce"), make_student()
         ce = ctx.trainer(ce_student, run=ce_run, seed=cfg.seed, label=f"CE baseline {name}").fit(resume=ctx.resume)
         ce_run.write_summary(ce)
-        write_card(ctx, ce_run, name)
+        write_card(ctx, ce_run, name, arch)
         summary.update({f"ce_{k}": ce[k] for k in TOP1})
         summary.update({f"gain_{k}": summary[k] - ce[k] for k in TOP1})
         losses = "+".join(k for k in active_weights(dcfg) if k != "ce").upper() or "CE"
