@@ -33,7 +33,7 @@ VOLATILE_KEYS = ("resume", "traceback", "progress", "logger", "paths", "run_dir"
 # Keys inside groups that change speed, placement or bookkeeping but not the numbers (resume is exact whatever the
 # checkpoint cadence; candidates give the same results in any executor).
 NEUTRAL_KEYS = ("trainer.log_every", "trainer.checkpoint_every", "teacher.trainer.log_every",
-                "teacher.trainer.checkpoint_every", "teacher.cache", "teacher.train_if_missing", "teacher.retrain",
+                "teacher.trainer.checkpoint_every", "teacher.train_if_missing", "teacher.retrain",
                 "search.executor", "search.workers", "search.slurm", "report.after_sweep")
 # The top-level keys a task's result depends on; a task not listed depends on every key but the volatile ones.
 TASK_READS: dict[str, tuple[str, ...]] = {
@@ -94,7 +94,9 @@ def config_hash(cfg: DictConfig) -> str:
     Values equal to the shipped defaults are left out, so a key that a later kdnas adds with a default (absent from
     an older run's config, equal to the default in a newer one) does not change the hash: run folders survive
     upgrades. Any changed value of a key the task reads does. Result-neutral keys (VOLATILE_KEYS, NEUTRAL_KEYS) and
-    groups the task does not read (TASK_READS) are never part of it.
+    groups the task does not read (TASK_READS) are never part of it. (``teacher.cache`` is not neutral: fp16 cached
+    logits and an online fp32 teacher give different students.) The flip side: changing a shipped default that
+    changes results does not change the hash either, so such a release must also invalidate old runs (e.g. a salt).
     """
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)

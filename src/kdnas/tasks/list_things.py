@@ -54,8 +54,9 @@ def group_options() -> dict[str, list[str]]:
                 for g in sorted(groups)}
 
 
-def format_groups(indent: str = "  ") -> str:
-    return "\n".join(f"{indent}{group}: {', '.join(options)}" for group, options in group_options().items())
+def format_groups(indent: str = "  ", groups: dict[str, list[str]] | None = None) -> str:
+    groups = group_options() if groups is None else groups
+    return "\n".join(f"{indent}{group}: {', '.join(options)}" for group, options in groups.items())
 
 
 def format_tasks(indent: str = "  ") -> str:
@@ -96,7 +97,7 @@ def listing(cfg: DictConfig) -> dict[str, Any]:
     print("tasks (task=NAME):")
     print(format_tasks())
     print("config groups (GROUP=OPTION):")
-    print(format_groups())
+    print(format_groups(groups=out["groups"]))
     print(f"networks (model.name=NAME, teacher.model=NAME) ({len(out['models'])}):")
     print("  " + ", ".join(out["models"]))
     print(f"loss terms (distill.weights.TERM=WEIGHT) ({len(out['losses'])}):")
