@@ -65,6 +65,7 @@ def test_lists_every_kind_with_sizes_and_ages(cache: dict[str, Path], tmp_path: 
     out = capsys.readouterr().out
     assert "teacher_logits/a-old.safetensors" in out and "10.0 d" in out
     assert all(p.exists() for p in cache.values())
+    assert not list(cache["root"].rglob(".*.lock")) and not list(cache["root"].rglob(".*.hold"))  # listing locks none
 
 
 def test_prunes_by_age(cache: dict[str, Path], tmp_path: Path) -> None:

@@ -76,6 +76,8 @@ class TrainEvaluator(CachedEvaluator):
         self.teacher.to(resolve_device(self.trainer.device), memory_format=torch.channels_last)
         prebuild(cache, list(self.teacher.members), self.teacher.hashes, self.trainer.epochs,
                  progress=bool(self.ctx.cfg.progress))
+        if self.pool is not None:  # workers rebuild their own teacher: free the parent's device memory
+            self.teacher.to("cpu")
         self.logit_cache = cache  # holds the search's epochs until the search ends
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:

@@ -96,7 +96,10 @@ def entries(root: Path, kinds: tuple[str, ...] | list[str] = KINDS) -> list[Entr
 
 
 def is_held(entry: Path) -> bool:
-    """Whether another job is building (write lock) or using (hold) the entry right now."""
+    """Whether another job is building (write lock) or using (hold) the entry right now. Without either lock file no
+    job ever locked it: listing must not create them."""
+    if not (lock_file(entry).exists() or hold_file(entry).exists()):
+        return False
     with exclusive(lock_file(entry), wait=False) as free, exclusive(hold_file(entry), wait=False) as unused:
         return not (free and unused)
 
