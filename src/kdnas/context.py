@@ -16,14 +16,15 @@ from torch import nn
 
 from kdnas.config import DataConfig, TrainerConfig, compose_defaults, to_object
 from kdnas.data import DataModule, build_data
-from kdnas.engine.objective import Objective
 from kdnas.engine.trainer import Trainer
+from kdnas.engine.workspace import Workspace
 from kdnas.loggers import MetricLogger
 from kdnas.models import build_model
 from kdnas.runs import RunDir
 from kdnas.utils import stable_hash
 
-__all__ = ["RunContext", "build_model", "config_hash", "to_object"]  # build_model, to_object: their old home
+# build_model, to_object: their old home
+__all__ = ["RunContext", "Workspace", "build_model", "config_hash", "to_object"]
 
 log = logging.getLogger("kdnas")
 
@@ -111,6 +112,9 @@ def config_hash(cfg: DictConfig) -> str:
 
 @dataclass
 class RunContext:
+    """A task's view of its run: the composed config plus the :class:`Workspace` library code gets (built objects
+    and plain settings, never ``cfg``)."""
+
     cfg: DictConfig
     run: RunDir
     logger: MetricLogger = field(init=False)
@@ -127,27 +131,32 @@ class RunContext:
     def cache_dir(self) -> Path:
         return Path(self.cfg.paths.cache_dir).expanduser()
 
-    @cached_property
-    def data(self) -> DataModule:
-        return build_data(to_object(self.cfg.data, DataConfig), Path(self.cfg.paths.data_dir).expanduser(),
-                          self.cache_dir)
-
-    @property
-    def built_data(self) -> DataModule | None:
-        """The data module when the task built it, else None (never builds it: provenance records its fingerprint
-        only when the run read data)."""
-        return self.__dict__.get("data")  # where functools.cached_property keeps a computed value
-
     @property
     def resume(self) -> bool:
         return str(self.cfg.resume).lower() != "false"
 
-    def trainer(self, model: nn.Module, *, trainer_cfg: TrainerConfig | DictConfig | None = None,
-                run: RunDir | None = None, objective: Objective | None = None, seed: int | None = None,
-                config_hash: str | None = None, **kwargs: Any) -> Trainer:
-        run = run or self.run
-        return Trainer(to_object(trainer_cfg if trainer_cfg is not None else self.cfg.trainer, TrainerConfig),
-                       model, self.data, run, seed=self.cfg.seed if seed is None else seed,
-                       config_hash=config_hash or self.config_hash, objective=objective,
-                       progress=self.cfg.progress, log_fn=self.logger.for_run(run), **kwargs)
+    @cached_property
+    def workspace(self) -> Workspace:
+        """What library code gets of this run: data (built on first use), folders, seed, recipe, hash."""
+        cfg = self.cfg
+        data_cfg, data_dir = to_object(cfg.data, DataConfig), Path(cfg.paths.data_dir).expanduser()
+        return Workspace(run=self.run, build_data=lambda: build_data(data_cfg, data_dir, self.cache_dir),
+                         cache_dir=self.cache_dir, seed=int(cfg.seed),
+                         trainer_config=to_object(cfg.trainer, TrainerConfig), config_hash=self.config_hash,
+                         resume=self.resume, progress=bool(cfg.progress),
+                         log_for=self.logger.for_run,
+                         provenance=OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 
+    @property
+    def data(self) -> DataModule:
+        return self.workspace.data
+
+    @property
+    def built_data(self) -> DataModule | None:
+        """The data module when the task built it, else None (provenance records its fingerprint only when the
+        run read data)."""
+        return self.workspace.built_data if "workspace" in self.__dict__ else None
+
+    def trainer(self, model: nn.Module, **kwargs: Any) -> Trainer:
+        """``Workspace.trainer`` (the run's recipe, seed, data and metrics writer unless given)."""
+        return self.workspace.trainer(model, **kwargs)
