@@ -140,17 +140,17 @@ class Driver:
     # -- phases ------------------------------------------------------------------------------------
     def teachers(self) -> None:
         """Train (through the store) and evaluate the members: each one, the mean ensemble, the oracle."""
+        from kdnas import teachers as kdnas_teachers
         from kdnas.config import TrainerConfig
         from kdnas.context import RunContext, to_object
         from kdnas.engine.trainer import apply_runtime
         from kdnas.runs import RunDir
-        from kdnas.teachers import build_teacher
 
         wall, cpu = time.perf_counter(), time.process_time()
         cfg = compose("distill", [*self.common, *self.final])
         ctx = RunContext(cfg, RunDir(self.out / "runs" / "teachers"))
         apply_runtime(to_object(cfg.trainer, TrainerConfig))
-        teacher = build_teacher(ctx)
+        teacher = kdnas_teachers.load(ctx.workspace, cfg.teacher)
         out: dict[str, Any] = {"members": teacher.names, "params_each": zoo_params(self.args.base)}
         for split in ("test", "train_full"):
             correct_m, mean_ok, n = None, 0, 0

@@ -39,14 +39,14 @@ def sha256(path: Path) -> str:
 
 
 def quickstart_key(work: Path) -> str:
-    """The store key the quickstart asks for (computed as ensure_teacher does)."""
+    """The store key the quickstart asks for (computed as kdnas.teachers.ensure does)."""
     from kdnas.api import compose
     from kdnas.context import RunContext
     from kdnas.runs import RunDir
     from kdnas.teachers import teacher_key
 
     ctx = RunContext(compose("train_teacher", OVERRIDES), RunDir(work / "probe"))
-    return teacher_key(ctx, ctx.cfg.teacher)[1]
+    return teacher_key(ctx.workspace, ctx.cfg.teacher)
 
 
 def train(work: Path) -> Path:
@@ -90,11 +90,11 @@ def package(run: Path, key: str, out: Path, work: Path) -> Path:
     from kdnas.models import create_model
     from kdnas.runs import RunDir
     from kdnas.tasks.distill import test_hits
-    from kdnas.teachers import recipe_of, teacher_key
+    from kdnas.teachers import recipe_of, teacher_config, teacher_key
 
     ctx = RunContext(compose("train_teacher", OVERRIDES), RunDir(work / "probe"))
-    tcfg = ctx.cfg.teacher
-    _, check_key, trainer_cfg = teacher_key(ctx, tcfg)
+    tcfg = teacher_config(ctx.cfg.teacher)
+    check_key, trainer_cfg = teacher_key(ctx.workspace, tcfg), tcfg.trainer
     if check_key != key:
         sys.exit(f"the quickstart's store key is {check_key}, expected {key}")
     same_teacher(run, ctx)

@@ -22,7 +22,7 @@ from kdnas.context import RunContext
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint
 from kdnas.errors import CheckpointError, ConfigError, KdnasError
 from kdnas.runs import RunDir
-from kdnas.teachers import build_teacher, load_teacher
+from kdnas.teachers import load
 
 from .helpers import SMOKE, kdnas_cli
 
@@ -197,7 +197,7 @@ def test_bad_teacher_checkpoint_is_refused(damage, needles: tuple[str, ...], fin
     damage(weights, marker)
     cfg = compose("train", [*TINY, "teacher=checkpoint", "teacher.model=resnet8", f"teacher.checkpoint={weights}"])
     with pytest.raises(CheckpointError) as info:
-        load_teacher(RunContext(cfg, RunDir(tmp_path / "run")))
+        load(RunContext(cfg, RunDir(tmp_path / "run")).workspace, cfg.teacher)
     assert all(needle in str(info.value) for needle in needles) and str(weights) in str(info.value)
     assert not marker.exists()
 
@@ -236,11 +236,11 @@ def test_weights_carry_their_sha256_and_a_bare_file_loads_with_a_warning(finishe
         ctx = RunContext(cfg, RunDir(tmp_path / "run"))
         if weights == bare:
             with caplog.at_level("WARNING", logger="kdnas"):
-                load_teacher(ctx)
+                load(ctx.workspace, cfg.teacher)
             assert "cannot be verified" in caplog.text and str(bare) in caplog.text
         else:
             with pytest.raises(CheckpointError, match="sha256"):
-                load_teacher(ctx)
+                load(ctx.workspace, cfg.teacher)
 
 
 @pytest.mark.slow
@@ -252,7 +252,8 @@ def test_a_damaged_teacher_store_entry_is_refused(tmp_path: Path) -> None:
     assert card["weights_sha256"] == sha256(entry / "model.safetensors")
     zero_64_bytes(entry / "model.safetensors")
     with pytest.raises(CheckpointError, match="teacher.retrain=true"):
-        load_teacher(RunContext(compose("distill", tiny), RunDir(tmp_path / "run")))
+        cfg = compose("distill", tiny)
+        load(RunContext(cfg, RunDir(tmp_path / "run")).workspace, cfg.teacher)
 
 
 @pytest.mark.parametrize(("overrides", "needles"), [
@@ -266,7 +267,7 @@ def test_a_teacher_key_its_kind_does_not_read_is_refused(overrides: list[str], n
     """`teacher.checkpoint=PATH` alone used to distil silently from the store's teacher instead."""
     cfg = compose("distill", [*TINY, "teacher.train_if_missing=false", *overrides])
     with pytest.raises(ConfigError) as info:
-        build_teacher(RunContext(cfg, RunDir(tmp_path / "run")))
+        load(RunContext(cfg, RunDir(tmp_path / "run")).workspace, cfg.teacher)
     assert all(needle in str(info.value) for needle in needles), str(info.value)
 
 

@@ -28,7 +28,7 @@ BASE = [*SMOKE, "teacher.model=resnet8"]
 
 
 def teacher_store(ctx: RunContext) -> str:
-    return teacher_key(ctx, ctx.cfg.teacher)[1]
+    return teacher_key(ctx.workspace, ctx.cfg.teacher)
 
 
 def teacher_logits(ctx: RunContext) -> str:

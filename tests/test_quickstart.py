@@ -14,7 +14,7 @@ from kdnas.context import RunContext
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.errors import ConfigError
 from kdnas.runs import RunDir
-from kdnas.teachers import PACKAGED_TEACHERS, ensure_teacher, packaged_teacher, teacher_key
+from kdnas.teachers import PACKAGED_TEACHERS, ensure, packaged_teacher, teacher_key
 from kdnas.utils import read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def context(tmp_path: Path, *extra: str) -> RunContext:
 @pytest.mark.slow
 def test_quickstart_key_finds_the_packaged_teacher_and_files_it_untrained(tmp_path: Path) -> None:
     ctx = context(tmp_path)
-    _, key, _ = teacher_key(ctx, ctx.cfg.teacher)
+    key = teacher_key(ctx.workspace, ctx.cfg.teacher)
     packaged = packaged_teacher(key)
     assert packaged is not None, (f"no packaged teacher for the quickstart's key {key}: the teacher group, the data "
                                   "pipeline or the store key changed; run scripts/make_quickstart_teacher.py")
@@ -38,7 +38,7 @@ def test_quickstart_key_finds_the_packaged_teacher_and_files_it_untrained(tmp_pa
     assert card["key"] == key and card["model"] == ctx.cfg.teacher.model and card["dtype"] == "float16"
     assert (packaged / "model.safetensors").stat().st_size < 1_000_000
     load_verified_weights(packaged / "model.safetensors")  # the card's sha256 matches the file
-    path, stored = ensure_teacher(ctx)  # train_if_missing=false: it raises unless the packaged one is filed
+    path, stored = ensure(ctx.workspace, ctx.cfg.teacher)  # train_if_missing=false: raises unless filed
     assert path == tmp_path / "cache" / "teachers" / key and stored["key"] == key
     assert stored["weights_sha256"] == card["weights_sha256"] and stored["test_top1"] == card["test_top1"]
     assert not (tmp_path / "run").joinpath(f"teacher-{key}").exists()  # nothing trained
@@ -49,10 +49,10 @@ def test_quickstart_key_finds_the_packaged_teacher_and_files_it_untrained(tmp_pa
                                     "teacher.model=resnet14"])
 def test_another_configuration_never_gets_the_packaged_teacher(tmp_path: Path, change: str) -> None:
     ctx = context(tmp_path, change)
-    _, key, _ = teacher_key(ctx, ctx.cfg.teacher)
+    key = teacher_key(ctx.workspace, ctx.cfg.teacher)
     assert packaged_teacher(key) is None
     with pytest.raises(ConfigError, match="No stored teacher"):
-        ensure_teacher(ctx)
+        ensure(ctx.workspace, ctx.cfg.teacher)
 
 
 def test_a_packaged_folder_filed_under_another_key_is_not_served(tmp_path: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdnas import teachers
 from kdnas.context import RunContext
-from kdnas.teachers import ensure_teacher
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    path, card = ensure_teacher(ctx, force=ctx.cfg.teacher.retrain, run=ctx.run)
+    settings = teachers.teacher_config(ctx.cfg.teacher)
+    path, card = teachers.ensure(ctx.workspace, settings, force=settings.retrain, run=ctx.run)
     return {"teacher": card["model"], "store_path": str(path), "store_key": card["key"],
             "test_top1": card.get("test_top1"), "trained_in": card.get("trained_in")}

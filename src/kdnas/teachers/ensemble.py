@@ -1,11 +1,6 @@
-"""The teacher a distillation run reads: one frozen network or an ensemble of them (built by
-:func:`kdnas.teachers.load.build_teacher`).
-
-``teacher=store|checkpoint`` gives one member (:func:`kdnas.teachers.load.load_teacher`); ``teacher=ensemble``
-gives one member per entry of ``teacher.members``, each a teacher config of its own (``model`` + ``seed``
-from the store, trained with ``teacher.trainer`` when missing, or ``checkpoint``). Members are combined by
-the mean of their logits; ``teacher.combine=oracle`` distils with KDAS's oracle loss instead (Kang et al.
-AAAI 2020), which reads every member's logits.
+"""The teacher a distillation run reads: one frozen network, or an ensemble combined by the mean of its members'
+logits (``teacher.combine=oracle``: KDAS's oracle loss reads every member's logits). A teacher never leaves eval
+mode and never has gradients.
 """
 
 from __future__ import annotations
@@ -86,7 +81,7 @@ class Teacher(nn.Module):
         return self.member_logits(x).mean(0)
 
 
-def member_configs(tcfg: Any) -> list[Any]:
+def member_configs(tcfg: TeacherConfig | Any) -> list[TeacherConfig]:
     """``teacher.members`` as full teacher configs: store entries inherit ``teacher.trainer`` (the teacher
     recipe) and ``train_if_missing``; an entry with ``checkpoint`` loads weights."""
     if not tcfg.members:
@@ -101,5 +96,5 @@ def member_configs(tcfg: Any) -> list[Any]:
             raise ConfigError(f"teacher.members[{i}]={member}: {str(e).splitlines()[0]}. Each member is a teacher "
                               "config (model, seed, checkpoint).") from None
         cfg.kind = "checkpoint" if cfg.checkpoint else "store"
-        out.append(cfg)
+        out.append(OmegaConf.to_object(cfg))
     return out

@@ -1,19 +1,22 @@
-"""Loading the run's teacher: one frozen network from the store or a checkpoint, or the :class:`Teacher`
-(one member or an ensemble) a distillation run reads."""
+"""Loading the run's teacher (:func:`load`: from the store, a checkpoint, or an ensemble of those) from a
+:class:`~kdnas.engine.workspace.Workspace` and the typed ``teacher`` settings. ``load_network`` and
+``resolve_checkpoint`` are pure (no workspace)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
 from torch import nn
 
-from kdnas.context import RunContext
+from kdnas.config import TeacherConfig
 from kdnas.engine.checkpoint import load_verified_weights
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.models import create_model
 from kdnas.teachers.ensemble import Teacher, freeze, member_configs
-from kdnas.teachers.store import check_kind_keys, ensure_teacher
+from kdnas.teachers.store import _ensure, check_kind_keys, ensure, teacher_config
 from kdnas.utils import read_json
 
 
@@ -46,30 +49,60 @@ def resolve_checkpoint(path: str | Path, default_model: str) -> tuple[str, Path]
     return default_model, path
 
 
-def load_teacher(ctx: RunContext, tcfg: Any | None = None) -> nn.Module:
-    """The frozen teacher network for ``teacher.kind`` store or checkpoint (ensembles: kdnas.distill)."""
-    if tcfg is None:
-        tcfg = ctx.cfg.teacher
-        check_kind_keys(tcfg)
+def _network(ws: Workspace, tcfg: TeacherConfig) -> nn.Module:
+    """The frozen network of one ``store`` or ``checkpoint`` teacher (an ensemble member, or the run's teacher)."""
     if tcfg.kind == "store":
-        path, card = ensure_teacher(ctx, tcfg)
-        return freeze(load_network(card["model"], ctx.data.num_classes, path / "model.safetensors"))
+        path, card = _ensure(ws, tcfg)
+        return freeze(load_network(card["model"], ws.data.num_classes, path / "model.safetensors"))
     if tcfg.kind == "checkpoint":
         if not tcfg.checkpoint:
             raise ConfigError("teacher=checkpoint needs teacher.checkpoint=PATH (a .safetensors file or a run folder).")
         model, weights = resolve_checkpoint(tcfg.checkpoint, tcfg.model)
-        return freeze(load_network(model, ctx.data.num_classes, weights))
+        return freeze(load_network(model, ws.data.num_classes, weights))
     raise ConfigError(f"teacher.kind={tcfg.kind!r} cannot be loaded as a single network here; use store or "
                       "checkpoint (ensembles are built by the distillation layer).")
 
 
-def build_teacher(ctx: RunContext, tcfg: Any | None = None) -> Teacher:
-    """The :class:`Teacher` of ``teacher.kind`` (store, checkpoint or ensemble)."""
-    tcfg = tcfg if tcfg is not None else ctx.cfg.teacher
+def load(ws: Workspace, settings: TeacherConfig | DictConfig) -> Teacher:
+    """The run's :class:`Teacher` for ``settings.kind`` store, checkpoint or ensemble (members trained into the
+    store when missing and allowed); ``kind=none`` raises a ConfigError."""
+    tcfg = teacher_config(settings)
     check_kind_keys(tcfg)
     if tcfg.kind == "none":
         raise ConfigError("Distillation needs a teacher: teacher=store teacher.model=NAME, teacher=checkpoint "
                           "teacher.checkpoint=PATH, or teacher=ensemble.")
     members = member_configs(tcfg) if tcfg.kind == "ensemble" else [tcfg]
-    return Teacher([load_teacher(ctx, m) for m in members], [str(m.model) for m in members],
+    return Teacher([_network(ws, m) for m in members], [str(m.model) for m in members],
                    combine=tcfg.combine, cache=tcfg.cache)
+
+
+# ---- transitional: the old verbs, taking a RunContext or a Workspace (removed by the lead with the last caller)
+
+def _workspace_and_settings(obj: Any, settings: Any) -> tuple[Workspace, Any]:
+    """(workspace, teacher settings) from a RunContext (its ``workspace`` and ``cfg.teacher``) or a Workspace."""
+    if hasattr(obj, "workspace"):
+        return obj.workspace, settings if settings is not None else obj.cfg.teacher
+    if settings is None:
+        raise TypeError("a Workspace needs the teacher settings (kdnas.config.TeacherConfig)")
+    return obj, settings
+
+
+def build_teacher(ctx_or_ws: Any, tcfg: Any | None = None) -> Teacher:
+    """Transitional, removed by the lead: :func:`load`."""
+    return load(*_workspace_and_settings(ctx_or_ws, tcfg))
+
+
+def load_teacher(ctx_or_ws: Any, tcfg: Any | None = None) -> nn.Module:
+    """Transitional, removed by the lead: the one frozen network of a store/checkpoint teacher."""
+    checked = tcfg is None
+    ws, settings = _workspace_and_settings(ctx_or_ws, tcfg)
+    settings = teacher_config(settings)
+    if checked:
+        check_kind_keys(settings)
+    return _network(ws, settings)
+
+
+def ensure_teacher(ctx_or_ws: Any, tcfg: Any | None = None, *, force: bool = False, run: Any = None
+                   ) -> tuple[Path, dict[str, Any]]:
+    """Transitional, removed by the lead: :func:`kdnas.teachers.store.ensure`."""
+    return ensure(*_workspace_and_settings(ctx_or_ws, tcfg), force=force, run=run)

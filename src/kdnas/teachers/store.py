@@ -1,8 +1,7 @@
-"""Teacher store: trained teachers filed under a cache keyed by everything their weights depend on
-(network, data fingerprint, split, recipe, seed), so a teacher is trained once and reused by every
-search, sweep job and scheme.
-
-Layout: ``<cache_dir>/teachers/<model>-<key>/`` with ``model.safetensors`` and ``teacher.json``.
+"""Teacher store: trained teachers filed under a key of everything their weights depend on (network, data
+identity, split, recipe, seed, store format), so a teacher is trained once and reused by every search, sweep job and
+scheme. Layout: ``<cache_dir>/teachers/<model>-<key>/`` with ``model.safetensors`` and ``teacher.json``; an entry is
+renamed into place whole, so one that exists is complete.
 """
 
 from __future__ import annotations
@@ -17,13 +16,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from kdnas.config import ModelConfig, TeacherConfig, TrainerConfig
-from kdnas.context import RunContext
 from kdnas.engine import distributed
 from kdnas.engine.checkpoint import load_verified_weights
 from kdnas.engine.trainer import write_model_card
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
 from kdnas.models import build_model
 from kdnas.runs import RunDir
@@ -54,7 +54,7 @@ def check_kind_keys(tcfg: Any) -> None:
         raise ConfigError(f"teacher.kind={kind!r} is not one of {', '.join(KIND_KEYS)} (select it with teacher=KIND).")
     defaults = asdict(TeacherConfig())
     for key in sorted({k for keys in KIND_KEYS.values() for k in keys} - set(KIND_KEYS[kind])):
-        value = tcfg.get(key)
+        value = getattr(tcfg, key, None)
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
         if value != defaults[key]:
             readers = [k for k, keys in KIND_KEYS.items() if key in keys]
@@ -121,22 +121,43 @@ def packaged_teacher(key: str, root: Path = PACKAGED_TEACHERS) -> Path | None:
     return path if read_json(path / "teacher.json").get("key") == key else None
 
 
-def teacher_key(ctx: RunContext, tcfg: Any) -> tuple[TeacherStore, str, TrainerConfig]:
-    trainer = TrainerConfig(**OmegaConf.to_container(tcfg.trainer, resolve=True))
-    store = TeacherStore(ctx.cache_dir)
-    key = store.key(model=tcfg.model, data=ctx.data.identity, train_split=trainer.train_split,
-                    recipe=recipe_of(trainer), seed=tcfg.seed)
+def teacher_config(settings: TeacherConfig | DictConfig | Any) -> TeacherConfig:
+    """A typed :class:`TeacherConfig` from the ``teacher`` node (or one already typed, returned as is)."""
+    if isinstance(settings, TeacherConfig):
+        return settings
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TeacherConfig), settings))  # type: ignore
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"teacher.{e.full_key}: {str(e).splitlines()[0]}. Valid keys are those of "
+                          "kdnas.config.TeacherConfig (kind, model, checkpoint, seed, members, combine, cache, "
+                          "trainer, ...).") from None
+
+
+def _store_key(ws: Workspace, settings: TeacherConfig) -> tuple[TeacherStore, str, TrainerConfig]:
+    trainer = settings.trainer if isinstance(settings.trainer, TrainerConfig) else TrainerConfig(**settings.trainer)
+    store = TeacherStore(ws.cache_dir)
+    key = store.key(model=settings.model, data=ws.data.identity, train_split=trainer.train_split,
+                    recipe=recipe_of(trainer), seed=settings.seed)
     return store, key, trainer
 
 
-def ensure_teacher(ctx: RunContext, tcfg: Any | None = None, *, force: bool = False, run: RunDir | None = None
-                   ) -> tuple[Path, dict[str, Any]]:
-    """Return (store folder, card) of the teacher ``tcfg`` describes, training it (in ``run``, default a
-    sub-folder of the current run) when missing and allowed."""
-    if tcfg is None:
-        tcfg = ctx.cfg.teacher
-        check_kind_keys(tcfg)
-    store, key, trainer_cfg = teacher_key(ctx, tcfg)
+def teacher_key(ws: Workspace, settings: TeacherConfig | DictConfig) -> str:
+    """The store key of the teacher ``settings`` describes on ``ws``'s data (its folder under ``teachers/``)."""
+    return _store_key(ws, teacher_config(settings))[1]
+
+
+def ensure(ws: Workspace, settings: TeacherConfig | DictConfig, *, force: bool = False, run: RunDir | None = None
+           ) -> tuple[Path, dict[str, Any]]:
+    """(store folder, card) of the teacher ``settings`` describes, training it (in ``run``, default a sub-folder of
+    the workspace's run) when missing and ``settings.train_if_missing`` (or ``force``: train again)."""
+    settings = teacher_config(settings)
+    check_kind_keys(settings)
+    return _ensure(ws, settings, force=force, run=run)
+
+
+def _ensure(ws: Workspace, tcfg: TeacherConfig, *, force: bool = False, run: RunDir | None = None
+            ) -> tuple[Path, dict[str, Any]]:
+    store, key, trainer_cfg = _store_key(ws, tcfg)
     main = distributed.world().is_main
     # Under torchrun, rank 0 holds the store lock for the whole group and decides: the ranks train a missing
     # teacher together (DDP), so a rank waiting on the lock would deadlock the collective ops of the others.
@@ -161,13 +182,14 @@ def ensure_teacher(ctx: RunContext, tcfg: Any | None = None, *, force: bool = Fa
                 f"`kdnas task=train_teacher teacher.model={tcfg.model}`, set teacher.train_if_missing=true, or "
                 "load weights with teacher=checkpoint teacher.checkpoint=PATH.")
         log.info("training teacher %s (store key %s)", tcfg.model, key)
-        run = run or ctx.run.sub(f"teacher-{key}")
-        net = build_model(ModelConfig(name=tcfg.model), ctx.data.num_classes, tcfg.seed)
-        trainer = ctx.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key,
-                              label=f"teacher {tcfg.model}")
-        summary = trainer.fit(resume=ctx.resume)
-        meta = {"model": tcfg.model, "num_classes": ctx.data.num_classes, "data_fingerprint": ctx.data.fingerprint,
-                "data": ctx.cfg.data.name, "data_identity": ctx.data.identity, "seed": tcfg.seed,
+        run = run or ws.run.sub(f"teacher-{key}")
+        data = ws.data
+        net = build_model(ModelConfig(name=tcfg.model), data.num_classes, tcfg.seed)
+        trainer = ws.trainer(net, trainer_cfg=trainer_cfg, run=run, seed=tcfg.seed, config_hash=key,
+                             label=f"teacher {tcfg.model}")
+        summary = trainer.fit(resume=ws.resume)
+        meta = {"model": tcfg.model, "num_classes": data.num_classes, "data_fingerprint": data.fingerprint,
+                "data": data.name, "data_identity": data.identity, "seed": tcfg.seed,
                 "recipe": recipe_of(trainer_cfg),
                 "test_top1": summary.get("test_top1_last"), "summary": summary, "trained_in": str(run.path)}
         if main:
