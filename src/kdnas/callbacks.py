@@ -1,12 +1,10 @@
-"""Hydra callbacks (registered in conf/config.yaml under ``hydra.callbacks``); they run in the process that
-launched the run or sweep, and tell the CLI which jobs failed (kdnas.api.execute never raises into Hydra).
+"""Hydra callbacks (``hydra.callbacks`` in conf/config.yaml), run in the process that launched the run or sweep: they
+tell the CLI which jobs failed (``kdnas.api.execute`` never raises into Hydra).
 
-A single run's task returns None when it failed. A sweep's jobs may run in other processes or machines
-(joblib, submitit), so the launching process reads the job folders' ``status.json`` files instead; only
-the files this sweep wrote count (a job skipped because a finished job computed its configuration writes
-none), so that re-running a sweep into a fixed ``hydra.sweep.dir`` after fixing
-a bad grid value does not report that value's old folder. With ``report.after_sweep=true`` a sweep ends with a
-report over its jobs in ``<hydra.sweep.dir>/report`` (kdnas.report).
+A single run's task returns None when it failed. A sweep's jobs may run in other processes or machines, so the
+``status.json`` files this sweep wrote are read; a job skipped because a finished job computed its configuration
+writes none, so an old folder of a fixed ``hydra.sweep.dir`` (say, of a since-fixed grid value) is not reported.
+``report.after_sweep=true`` ends a sweep with a report over its jobs in ``<hydra.sweep.dir>/report``.
 """
 
 from __future__ import annotations

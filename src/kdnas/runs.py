@@ -1,14 +1,6 @@
-"""Run directories: provenance, metrics (JSONL), summary, status.
-
-Layout of one run (documented in README "Run directory"):
-
-    .hydra/              config.yaml, overrides.yaml, hydra.yaml (written by Hydra)
-    provenance.json      git commit + dirty flag, package versions, device, data fingerprint, argv
-    metrics.jsonl        one record per logged step/epoch ({"step", "epoch", "split", ...})
-    summary.json         final figures (written last, atomically)
-    status.json          ok | failed (+ the one-paragraph message) | running
-    sessions.json        [start, last alive] of every session of the run (a resumed run has several)
-    checkpoints/         <tag>/ folders (safetensors + JSON) and a `latest` pointer file
+"""Run folders: :class:`RunDir` writes one run's provenance, metrics (JSONL), summary, status and sessions; sweep
+job folders are named and found here. The layout is documented once, in README "Run directory". Every JSON file and
+record carries ``schema_version``; every file but the append-only ``metrics.jsonl`` is written atomically.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""The one training engine every task uses (teacher training, CE baselines, distillation, search
-candidates, schemes).
+"""The one training engine every task uses (teachers, CE baselines, distillation, search candidates, schemes).
 
-Data order, augmentation and learning rate are pure functions of (seed, epoch, step), and the optimiser,
-objective and RNG states are checkpointed each epoch, so a killed run restarted from its last checkpoint
-ends with the same weights and metrics as an uninterrupted one on CPU.
-
-Under torchrun every rank trains on its shard of each batch through DDP (engine/distributed.py); rank 0
-alone evaluates and writes metrics, checkpoints and weights.
+Invariants: data order, augmentation and learning rate are pure functions of (seed, epoch, step), and the optimiser,
+objective and RNG states are checkpointed each epoch, so a killed run resumed from its last checkpoint ends with the
+same weights and metrics as an uninterrupted one (on CPU). Under torchrun every rank trains on its shard of each batch
+(DDP, :mod:`kdnas.engine.distributed`); rank 0 alone evaluates and writes metrics, checkpoints and weights.
 """
 
 from __future__ import annotations

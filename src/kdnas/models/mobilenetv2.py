@@ -1,13 +1,10 @@
-"""MobileNetV2 (Sandler et al. 2018) for CIFAR as in RepDistiller ``models/mobilenetv2.py``.
+"""MobileNetV2 for CIFAR as in RepDistiller: ``mobilenetv2`` is their ``mobile_half`` (width 0.5, expansion T=6),
+``mobilenetv2_w1`` width 1.0; module names match theirs (differences from torchvision: docs/decisions.md, "Models").
 
-Source: https://github.com/HobbitLong/RepDistiller, from "Knowledge Distillation via Route Constrained
-Optimization" (Jin et al. 2019). ``mobilenetv2`` is their ``mobile_half`` (width 0.5, expansion T=6);
-``mobilenetv2_w1`` is width 1.0. Unlike torchvision, the stem keeps stride 2 on 32x32 inputs (final map
-2x2) and t=1 blocks keep their 1x1 expansion conv. Module names match RepDistiller's, so checkpoints
-load once ``classifier.0.`` is renamed ``classifier.``.
+``stages`` = [stem, after block groups 1, 2, 4, 6] (RepDistiller's f0-f4), ``feature_map`` = the 1x1 head conv
+(1280 channels).
 
-``stages`` = [stem, after block groups 1, 2, 4, 6] (RepDistiller's f0-f4), ``feature_map`` = the 1x1
-head conv (1280 channels).
+Reference: Sandler et al. 2018; https://github.com/HobbitLong/RepDistiller ``models/mobilenetv2.py``.
 """
 
 from __future__ import annotations

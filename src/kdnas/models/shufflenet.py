@@ -1,12 +1,11 @@
-"""ShuffleNet V1 (Zhang et al. 2018) and V2 (Ma et al. 2018) for CIFAR as in RepDistiller
-``models/ShuffleNetv1.py`` / ``models/ShuffleNetv2.py`` (after kuangliu/pytorch-cifar).
+"""ShuffleNet V1 and V2 for CIFAR as in RepDistiller (after kuangliu/pytorch-cifar); module names match theirs
+(docs/decisions.md, "Models").
 
-Source: https://github.com/HobbitLong/RepDistiller. Both use a 1x1 stride-1 stem and no max-pool, so a
-32x32 input ends at 4x4. Module names match, so checkpoints load once ``linear.`` is renamed
-``classifier.``; like RepDistiller, weights keep PyTorch's default init.
+``stages`` = [stem, then each stage's last-block preact]: the sum (or concat) before the final ReLU for V1; for V2
+the concat [identity half, last BN] before ReLU and channel shuffle.
 
-``stages`` = [stem, then each stage's last-block preact]: the sum (or concat) before the final ReLU for
-V1; for V2 the concat [identity half, last BN] before ReLU and channel shuffle.
+Reference: Zhang et al. 2018; Ma et al. 2018; https://github.com/HobbitLong/RepDistiller ``models/ShuffleNetv1.py``,
+``models/ShuffleNetv2.py``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,12 @@
-"""``strategy=akd``: Architecture-aware Knowledge Distillation (Liu, Jia, Tan et al., "Search to Distill:
-Pearls are Everywhere but not the Eyes", CVPR 2020).
+"""``strategy=akd``: Architecture-aware Knowledge Distillation, the MnasNet search with a KD-guided reward: an LSTM
+controller samples students of ``space=mbconv_akd``, the loop's train evaluator (this strategy's default) trains each
+briefly with KD from the teacher, and the policy maximises its mini-val top-1 shaped by the constraint.
 
-The MnasNet search (Tan et al., CVPR 2019) with a KD-guided reward: an LSTM controller (one layer of 100
-units, as NASNet/MnasNet) samples a student from the factorised space (``space=mbconv_akd``), the search
-loop's train evaluator (the default for this strategy: ``search.evaluator`` unset means ``train``) trains it
-for a few epochs on mini-train *with KD from the teacher* and reports mini-val top-1, and the policy (PPO by
-default, as MnasNet; ``algo=reinforce`` for ENAS's REINFORCE) maximises ``ACC * (LAT / T) ** w`` (MnasNet
-Eq. 2; soft ``w = -0.07``, hard ``alpha = 0, beta = -1``: the ``constraint:`` group, LAT from the latency
-look-up table, or params/FLOPs targets instead).
+Invariant: ``strategy.reward`` (kd | ce) is the one key that says how candidates are trained; ``search.objective``
+follows it, and a contradiction is a ConfigError. The history's ``reward_kind`` is what the evaluator measured.
 
-``reward`` is the one key that says how candidates are trained: ``kd`` (AKD) or ``ce``, the paper's NAS
-baseline (NASNet-style search without the teacher). ``search.objective`` follows it (``conf/search/default.yaml``
-reads ``strategy.reward``); setting both to different values is a ConfigError (:meth:`check_reward_kind`), as is
-``reward=ce`` with a proxy evaluator. The history's ``reward_kind`` is what the evaluator measured (written by
-the search loop), not this key.
+Reference: Liu, Jia, Tan et al., "Search to Distill: Pearls are Everywhere but not the Eyes", CVPR 2020; MnasNet,
+Tan et al., CVPR 2019.
 """
 
 from __future__ import annotations
@@ -29,6 +22,17 @@ REWARDS = ("kd", "ce")
 
 @register_strategy("akd")
 class AKDStrategy(PolicyStrategy):
+    """An LSTM controller (one layer of 100 units, as NASNet/MnasNet) samples a student of the factorised space; the
+    train evaluator (``search.evaluator`` unset means ``train`` here) trains it for a few epochs on mini-train with
+    KD from the teacher and reports mini-val top-1; the policy (PPO by default, as MnasNet; ``algo=reinforce`` for
+    ENAS's REINFORCE) maximises ``ACC * (LAT / T) ** w`` (MnasNet Eq. 2; soft ``w = -0.07``, hard ``alpha = 0,
+    beta = -1``: the ``constraint:`` group, LAT from the latency look-up table, or params/FLOPs targets instead).
+
+    ``reward``: ``kd`` (AKD) or ``ce``, the paper's NAS baseline (NASNet-style search without the teacher).
+    ``search.objective`` follows it (``conf/search/default.yaml`` reads ``strategy.reward``); setting both to
+    different values is a ConfigError (:meth:`check_reward_kind`), as is ``reward=ce`` with a proxy evaluator. The
+    history's ``reward_kind`` is written by the search loop, not taken from this key."""
+
     def __init__(self, space: Any, *, reward: str = "kd", algo: str = "ppo", hidden: int = 100,
                  **kwargs: Any) -> None:
         if reward not in REWARDS:

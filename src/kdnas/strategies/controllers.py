@@ -1,34 +1,13 @@
-"""Autoregressive LSTM policies over a space's decisions, their policy-gradient learners, and the strategy
-that plugs them into the ask/tell search loop.
+"""Autoregressive LSTM policies over a space's decisions (:class:`LSTMController`), their policy-gradient learners
+(:class:`Reinforce`, :class:`PPO`) and the ask/tell strategy that drives them (:class:`PolicyStrategy`).
 
-Policy (Zoph & Le, ICLR 2017; ENAS, Pham et al., ICML 2018, ``general_controller.py``): an LSTM reads the
-embedding of the previous choice (a learned ``g_emb`` first) and one linear softmax head per decision
-gives the next choice's logits ``l``, shaped as in ENAS: ``l / temperature``, then ``c * tanh(l)`` with
-``c = tanh_constant / op_tanh_reduce`` for categorical decisions. Parameters start uniform in [-0.1, 0.1].
+Invariant: each arch's log-probability under the policy that drew it is stored at ``ask`` (and checkpointed), so a
+batch told across several updates (``search.batch`` > ``strategy.archs_per_update``) is corrected: PPO's ratio is
+taken against it, REINFORCE weights each sample by ``p_now / p_sampled``; each update records ``off_policy``, the
+fraction of its samples an earlier policy drew. Departures from ENAS's code: docs/decisions.md, "Controllers".
 
-ENAS-macro skip connections: binary decisions named ``skip{j}_{i}`` (options ``[0, 1]``, link from layer j
-to a later layer i; layers are numbered by the trailing integer of the other decisions, e.g. ``op{i}``)
-are sampled per layer i by attention over the earlier layers' anchors (the LSTM output at each layer's
-skip step): ``q_j = v^T tanh(W1 h_j + W2 h_i)``, ``p_j = sigmoid(c * tanh(q_j / temperature))``, with the
-penalty ``KL(Bernoulli(p) || Bernoulli(skip_target))`` summed over links and averaged over layers. The
-next input is the mean of the selected anchors (``sum / (1 + count)``), or ``g_emb`` at the first layer.
-Ours vs ENAS's code: ENAS samples a link from ``softmax([-c q, c q])`` (i.e. ``sigmoid(2 c q)``) but
-penalises ``sigmoid(c q)``; we sample from the penalised ``p`` itself, so ``skip_target`` is the link
-density the penalty pulls toward. Entropies are the full categorical/Bernoulli entropies (ENAS uses the
-sampled term ``-p(a) log p(a)``).
-
-Learners: :class:`Reinforce` (Williams 1992, as ENAS: reward += entropy_weight * entropy, moving-average
-baseline ``b <- decay * b + (1 - decay) * R`` updated before ``A = R - b``, loss ``-log p * A +
-skip_weight * KL``) and :class:`PPO` (Schulman et al. 2017, clipped surrogate, as MnasNet, Tan et al.
-CVPR 2019: several epochs over each batch of sampled archs, entropy bonus in the loss). Both use Adam with
-ENAS's ``beta1 = 0, eps = 1e-3``; the baseline starts at the first reward (ENAS: 0).
-
-Off-policy samples: each sample's log-probability under the policy that drew it is stored when it is drawn
-(``ask``). With ``search.batch`` > ``strategy.archs_per_update`` a batch is told across several updates, so its
-later samples come from an older policy: PPO's ratio is taken against the stored log-probability (as PPO
-defines it), and REINFORCE weights each sample by ``p_now(a) / p_sampled(a)`` (importance sampling; 1 for an
-on-policy sample, so ENAS's update is unchanged there). Each update records ``off_policy``, the fraction of
-its samples that an earlier policy drew.
+References: Zoph & Le, ICLR 2017; ENAS, Pham et al., ICML 2018 (``general_controller.py``); REINFORCE, Williams
+1992; PPO, Schulman et al. 2017, as in MnasNet, Tan et al., CVPR 2019.
 """
 
 from __future__ import annotations
@@ -109,7 +88,20 @@ def bernoulli_kl(p: Tensor, target: float) -> Tensor:
 
 
 class LSTMController(nn.Module):
-    """The autoregressive policy; ``forward`` samples (``actions=None``) or scores given actions, batched."""
+    """The autoregressive policy; ``forward`` samples (``actions=None``) or scores given actions, batched.
+
+    An LSTM reads the embedding of the previous choice (a learned ``g_emb`` first); one linear softmax head per
+    decision gives the next choice's logits ``l``, shaped as in ENAS: ``l / temperature``, then ``c * tanh(l)`` with
+    ``c = tanh_constant / op_tanh_reduce`` for categorical decisions. Parameters start uniform in [-0.1, 0.1].
+
+    ENAS-macro skip connections: binary decisions named ``skip{j}_{i}`` (options ``[0, 1]``, link from layer j to a
+    later layer i; layers are numbered by the trailing integer of the other decisions, e.g. ``op{i}``) are sampled
+    per layer i by attention over the earlier layers' anchors (the LSTM output at each layer's skip step):
+    ``q_j = v^T tanh(W1 h_j + W2 h_i)``, ``p_j = sigmoid(c * tanh(q_j / temperature))``, with the penalty
+    ``KL(Bernoulli(p) || Bernoulli(skip_target))`` summed over links and averaged over layers. The next input is
+    the mean of the selected anchors (``sum / (1 + count)``), or ``g_emb`` at the first layer. Entropies are the
+    full categorical/Bernoulli entropies.
+    """
 
     def __init__(self, decisions: Sequence[Decision], hidden: int = 64, lstm_layers: int = 1,
                  tanh_constant: float | None = None, op_tanh_reduce: float = 1.0, temperature: float | None = None,
@@ -203,7 +195,8 @@ class LSTMController(nn.Module):
 
 
 class PolicyLearner:
-    """Adam on the controller and a moving-average reward baseline; subclasses define :meth:`update`."""
+    """Adam on the controller (ENAS's ``beta1 = 0, eps = 1e-3``) and a moving-average reward baseline
+    ``b <- decay * b + (1 - decay) * R``, started at the first reward; subclasses define :meth:`update`."""
 
     def __init__(self, controller: LSTMController, lr: float = 1e-3, entropy_weight: float = 1e-4,
                  baseline_decay: float = 0.99, skip_weight: float = 0.8) -> None:

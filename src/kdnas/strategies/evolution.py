@@ -1,19 +1,11 @@
-"""Evolutionary search, the DisWOT way (Dong et al. CVPR 2023, Algorithm 1) or as aging evolution.
+"""Evolutionary search, the DisWOT way (``variant=diswot``: the worst member leaves) or as aging evolution
+(``variant=aging``: the oldest leaves); ``strategy=zero_cost`` is the same search driven by another proxy.
 
-DisWOT (``variant=diswot``): the population starts as ``population`` random archs meeting the constraint;
-each step samples ``sample_size`` members, keeps the ``top_k`` best, picks one of those at random as the
-parent and mutates it (one decision changed). A child that meets the constraint and was never proposed
-joins the population and the worst member leaves. Aging evolution (Real et al., "Regularized Evolution for
-Image Classifier Architecture Search", AAAI 2019; ``variant=aging``, usually ``top_k=1``) removes the
-oldest member instead. ``strategy=zero_cost`` is the same search driven by another proxy.
+Invariants: the parent comes from the sample's best, every child meets the constraint, and no arch is proposed twice.
+Departures from the official loop and where the defaults come from: docs/decisions.md, "Evolution".
 
-Fixes to the official loop: the parent always comes from the sample's best, every child is checked
-against the constraint (and re-drawn, up to ``max_tries`` mutations, then a fresh random arch), and no
-arch is proposed twice.
-
-The defaults population 16, sample 8, top-k 3 are kdnas's choices (DisWOT's Algorithm 1 names the quantities;
-these values are sized for 32-64-candidate budgets, not taken from the official code). A ``search.budget`` that
-does not exceed the population never breeds a child (a random search): :meth:`check_search` warns.
+References: DisWOT, Dong et al., CVPR 2023, Algorithm 1; Real et al., "Regularized Evolution for Image Classifier
+Architecture Search", AAAI 2019.
 """
 
 from __future__ import annotations
@@ -30,6 +22,13 @@ VARIANTS = ("diswot", "aging")
 
 @register_strategy("evolution")
 class EvolutionStrategy(Strategy):
+    """The population starts as ``population`` random archs meeting the constraint; each step samples
+    ``sample_size`` members, keeps the ``top_k`` best, picks one of those at random as the parent and mutates it (one
+    decision changed; a child that fails the constraint or was proposed before is re-drawn, up to ``max_tries``
+    mutations, then a fresh random arch). The child joins the population and the worst member (``diswot``) or the
+    oldest (``aging``, usually ``top_k=1``) leaves. A ``search.budget`` that does not exceed the population never
+    breeds a child (a random search): :meth:`check_search` warns."""
+
     def __init__(self, space: Any, *, population: int = 16, sample_size: int = 8, top_k: int = 3,
                  variant: str = "diswot", **kwargs: Any) -> None:
         super().__init__(space, **kwargs)

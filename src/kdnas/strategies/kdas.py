@@ -1,21 +1,11 @@
-"""``strategy=kdas``: KDAS (Kang, Mun & Han, "Towards Oracle Knowledge Distillation with Neural Architecture
-Search", AAAI 2020), the iterative search over ``space=kdas_addon``.
+"""``strategy=kdas``: KDAS, the iterative search that grows a backbone over ``space=kdas_addon``: one ENAS-macro
+controller per round, each candidate's reward its mini-val accuracy after a short oracle distillation.
 
-Each round an ENAS-macro controller (Pham et al. ICML 2018: one LSTM layer of 64, tanh constant 1.5, op
-tanh reduce 2.5, entropy weight 1e-4, skip target 0.4 with KL weight 0.8, Adam lr 1e-3, REINFORCE with a
-0.99 moving-average baseline) samples one added layer per stage of the current backbone (op + skip links);
-the loop's train evaluator (this strategy's default) distils each candidate briefly (``distill=oracle`` from
-``teacher=ensemble teacher.combine=oracle``, Eq. 4) and its mini-val accuracy is the reward, times the constraint factor
-(penalised above the parameter budget M with ``constraint.mode=soft constraint.alpha=0 constraint.beta=-1``,
-or rejected with ``hard``; Eq. 7, ``|m| <= M``).
+Invariants: round 0's reference is the base itself (the identity add-on), evaluated first and kept out of the policy
+update; every result carries ``kdas_round``, the rounds' summaries are in ``state_dict()["kdas"]["rounds"]``. The
+round rule is our reading of the paper (docs/decisions.md, "KDAS").
 
-Rounds (our reading of the paper's procedure): after ``round_budget`` evaluated candidates, the round's best
-becomes the new backbone (``space.base`` of the next round, so the network grows) and a fresh controller
-starts, unless the round brought no gain over the backbone (reward not above it by more than ``min_gain``),
-the new backbone uses at least ``budget_fill`` of M (``constraint.params_max``), or ``max_rounds`` rounds
-ran; then ``ask`` returns nothing and the loop ends. Round 0's reference reward is the base itself, i.e.
-the identity add-on (every op ``skip``, no links), evaluated first and kept out of the policy update. The
-rounds' summaries are in ``state_dict()["kdas"]["rounds"]``; every result carries ``kdas_round``.
+Reference: Kang, Mun & Han, "Towards Oracle Knowledge Distillation with Neural Architecture Search", AAAI 2020.
 """
 
 from __future__ import annotations
@@ -35,6 +25,18 @@ log = logging.getLogger("kdnas")
 
 @register_strategy("kdas")
 class KDASStrategy(PolicyStrategy):
+    """Each round an ENAS-macro controller (one LSTM layer of 64, tanh constant 1.5, op tanh reduce 2.5, entropy
+    weight 1e-4, skip target 0.4 with KL weight 0.8, Adam lr 1e-3, REINFORCE with a 0.99 moving-average baseline)
+    samples one added layer per stage of the current backbone (op + skip links). The loop's train evaluator distils
+    each candidate briefly (``distill=oracle`` from ``teacher=ensemble teacher.combine=oracle``, Eq. 4); its mini-val
+    accuracy is the reward, times the constraint factor (penalised above the parameter budget M with
+    ``constraint.mode=soft constraint.alpha=0 constraint.beta=-1``, or rejected with ``hard``; Eq. 7, ``|m| <= M``).
+
+    After ``round_budget`` evaluated candidates the round's best becomes the new backbone (``space.base`` of the next
+    round, so the network grows) and a fresh controller starts, unless the round brought no gain over the backbone
+    (reward not above it by more than ``min_gain``), the new backbone uses at least ``budget_fill`` of M
+    (``constraint.params_max``), or ``max_rounds`` rounds ran; then ``ask`` returns nothing and the loop ends."""
+
     def __init__(self, space: SearchSpace, *, round_budget: int = 20, min_gain: float = 0.0, budget_fill: float = 0.95,
                  max_rounds: int | None = None, algo: str = "reinforce", hidden: int = 64, tanh_constant: float = 1.5,
                  op_tanh_reduce: float = 2.5, **kwargs: Any) -> None:

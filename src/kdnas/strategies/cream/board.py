@@ -1,22 +1,10 @@
-"""The prioritized path board of Cream (Peng et al., NeurIPS 2020, Sec. 3.1; official
-``lib/models/PrioritizedBoard.py``): the K best paths seen so far, each with its FLOPs, the few training
-images it was admitted on and its own softmax on them (what meta matching compares against).
+"""Cream's prioritized path board (:class:`PrioritizedBoard`: the K best paths seen so far, each with its FLOPs, the
+few training images it was admitted on and its own softmax on them, which meta matching compares against) and
+:class:`CreamStrategy`, which puts it behind ask/tell: ``ask`` draws paths uniformly (single-path one-shot), ``tell``
+offers them to the board. Departures from the official code: docs/decisions.md, "Cream".
 
-Admission (official ``isUpdate``), for a path with score ``s`` (top-1, %) and FLOPs ``f``:
-
-* a path above ``flops_max`` never enters (our explicit gate; the official FLOPs range only sizes the
-  supernet, ``search_for_layer``, and does not gate admission);
-* otherwise it enters when the board is not full, when ``s`` beats the worst entry by more than ``gap``
-  points (official 5), or when ``s`` beats the worst entry with fewer FLOPs; the board then keeps its K best.
-
-The warm-up (no admission before it) is the caller's. :class:`CreamStrategy` puts the board behind the ask/tell
-protocol of :mod:`kdnas.strategies.base`: ``ask`` draws paths uniformly (single-path one-shot, Guo et al., ECCV
-2020; the official default ``HOW_TO_PROB: pre_prob`` is not uniform: it draws the six choices with probabilities
-(0.05, 0.2, 0.05, 0.5, 0.05, 0.15)), ``tell`` offers them to the board.
-
-Entries are ordered by score, then fewer FLOPs, then earlier admission (the official code sorts tuples in
-reverse, which puts larger FLOPs first on a tie). A path already on the board that is measured again replaces
-its old entry instead of being listed twice.
+Reference: Peng et al., NeurIPS 2020, Sec. 3.1, official ``lib/models/PrioritizedBoard.py``; SPOS, Guo et al., ECCV
+2020.
 """
 
 from __future__ import annotations
@@ -56,6 +44,12 @@ class BoardEntry:
 
 
 class PrioritizedBoard:
+    """The K best paths. A path with score ``s`` (top-1, %) and FLOPs ``f`` never enters above ``flops_max``;
+    otherwise it enters when the board is not full, when ``s`` beats the worst entry by more than ``gap`` points
+    (official 5), or when ``s`` beats the worst entry with fewer FLOPs (official ``isUpdate``); the board then keeps
+    its K best, ordered by score, then fewer FLOPs, then earlier admission. A path already on the board that is
+    measured again replaces its old entry. The warm-up (no admission before it) is the caller's."""
+
     def __init__(self, size: int = 10, gap: float = 5.0, flops_max: float | None = None) -> None:
         self.size, self.gap, self.flops_max = size, gap, flops_max
         self.entries: list[BoardEntry] = []

@@ -1,44 +1,13 @@
-"""Meta matching and path distillation of Cream (Peng et al., NeurIPS 2020, Sec. 3.2, Eqs. 5-7; official
-``lib/models/MetaMatchingNetwork.py``, ``PrioritizedBoard.select_teacher`` and ``lib/core/train.py``).
+"""Cream's meta matching and path distillation: which board entry teaches the current path, and how much.
 
-The matching network is the official ``Linear(num_classes * S -> 1)`` (S = 4 stored images per board entry).
-Its input for entry j is the current path's softmax on the entry's S images minus the softmax the entry
-stored on admission; the entry with the highest score teaches, with ``rho = sigmoid(score)``, through
+:class:`MetaMatching` is the official ``Linear(num_classes * S -> 1)`` (S = 4 stored images per board entry); its
+input for entry j is the current path's softmax on j's S images minus the softmax j stored on admission. The entry
+with the highest score teaches, with ``rho = sigmoid(+score)``, through :func:`cream_loss` (KD at temperature 1).
+:func:`lookahead_hypergradient` gives the matching network's gradient (one-step look-ahead, Eq. 7) over all the
+path's weights. Departures from the official code: docs/decisions.md, "Cream".
 
-    loss = (rho * KD + (2 - rho) * CE) / 2,   KD at temperature 1.
-
-The official code uses the soft-target cross-entropy ``-sum softmax(t) log softmax(s)`` for the KD term; it
-differs from ``KL(softmax(t) || softmax(s))`` by the teacher's entropy, a constant in the student's weights,
-so both give the same gradients and the same hypergradient (only the logged value differs).
-
-Every ``meta_every`` steps (official 200) the matching network takes one SGD step (lr 1e-4, gradient norm
-clipped to 1 as the official code does) on the one-step look-ahead hypergradient (Eq. 7): train the student
-on S images with the loss above, ``w' = w - lr * grad_w loss(w, theta)``, and differentiate the CE of the
-updated student on the next S images of the batch with respect to ``theta``.
-
-Bugs of the official code fixed here:
-
-1. ``rho`` came from the *last* board entry: ``meta_value = F.sigmoid(-weight)`` after the loop uses the
-   loop variable ``weight`` (the last entry's score), not the chosen entry's ``meta_value``. Here ``rho`` is
-   the chosen entry's.
-2. The sign. The official code picks the entry with the highest score and then weights its KD term by
-   ``sigmoid(-score)``, the smallest weight any entry could get. The paper (Eq. 5-6) selects the path with the
-   largest matching degree and uses that degree as the KD weight. We follow the paper: ``rho = sigmoid(+score)``.
-   With the official sign the hypergradient works against the selection: when distilling from the chosen
-   entry lowers the validation loss, the gradient raises ``rho``, i.e. lowers that entry's score, so it stops
-   being chosen; with ``+score`` "useful teacher" means both "chosen" and "weighted more".
-3. A newly admitted entry stored the *teacher's* softmax (``teacher_output``) instead of its own whenever the
-   board was non-empty, so matching compared paths with their teachers. Each entry stores its own softmax.
-4. The hypergradient was truncated to the first weight tensor: ``torch.autograd.grad(students_weight[0], ...,
-   grad_outputs=grad_student_val)`` back-propagates through the stem convolution's update only. Here the
-   look-ahead runs over all the path's weights with ``torch.func.functional_call``.
-
-Other choices: the look-ahead is a plain SGD step at the current learning rate (the official
-``simulate_sgd_update``) and is not applied (the official code also takes a real student step on the four
-images there); its inner loss is the training loss above (the official one keeps only ``rho * KD``). ``rho``
-is detached in the training step, so the matching network learns from the hypergradient alone (in the
-official code the training loss also reached it). The current path's softmax on the stored images is computed
-with one forward pass over all entries' images (train-mode BN over K x S images instead of per entry).
+Reference: Peng et al., NeurIPS 2020, Sec. 3.2, Eqs. 5-7; official ``lib/models/MetaMatchingNetwork.py``,
+``PrioritizedBoard.select_teacher`` and ``lib/core/train.py``.
 """
 
 from __future__ import annotations

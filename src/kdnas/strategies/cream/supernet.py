@@ -1,15 +1,12 @@
-"""Cream's one-shot supernet (Peng et al., NeurIPS 2020, "Cream of the Crop: Distilling Prioritized Paths for
-One-Shot Neural Architecture Search"; official code microsoft/Cream, ``lib/models/structures/supernet.py``).
+"""Cream's one-shot supernet: every searchable layer of an MBConv space holds all its candidate blocks (the space's
+own, built through ``space.build``); a path is an :class:`Arch` of the space and runs one block per layer.
 
-Every searchable layer of an MBConv space holds all its candidate blocks (``mbconv_cream``: kernel {3, 5, 7}
-x expansion {4, 6}, SE 0.25, Swish); a *path* is an :class:`Arch` of the space and runs one block per
-layer. The blocks are the space's own: the supernet builds one network per choice through ``space.build``
-and keeps every candidate of every layer, so :meth:`Supernet.extract` returns exactly the network that
-``space.build(path)`` gives, with the supernet's weights.
+Invariant: :meth:`Supernet.extract` returns exactly the network ``space.build(path)`` gives, with the supernet's
+weights. Shared BN running statistics belong to no path, so a path is evaluated on an extracted copy recalibrated
+first (:func:`recalibrate_bn`, as SPOS does).
 
-Shared BN running statistics belong to no path, so a path is evaluated on an extracted copy whose statistics
-are recalibrated first (:func:`recalibrate_bn`, as SPOS does): reset, then a few training batches in train
-mode with ``momentum=None`` (a plain average over the batches).
+Reference: Peng et al., NeurIPS 2020, "Cream of the Crop"; official microsoft/Cream
+``lib/models/structures/supernet.py``.
 """
 
 from __future__ import annotations
