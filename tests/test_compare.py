@@ -1,6 +1,5 @@
-"""experiment=compare_strategies end to end through the `kdnas` command: the experiment itself starts the multirun,
-every row's search stops at the shared time budget (cream's supernet training too), and each job's summary carries
-the timings that make the rows comparable."""
+"""experiment=compare_strategies through the `kdnas` command: the preset starts the multirun over its rows
+(experiment/compare/), every search stops at the shared time budget, and each summary carries the timings."""
 
 from __future__ import annotations
 
@@ -22,7 +21,8 @@ BUDGET_S = 0.01  # below one candidate's training and one supernet step: the fir
 def test_compare_strategies_sweep_at_a_time_budget(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "experiment=compare_strategies", "compare=random,cream",
+    proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "experiment=compare_strategies",
+                           "experiment/compare=random,cream",
                            f"search.time_budget_s={BUDGET_S}", *TINY, f"hydra.sweep.dir={sweep}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
