@@ -1,4 +1,4 @@
-"""Replay AKD, random search and evolution over a measured table for many seeds (see kdnas.strategies.tabular).
+"""Replay AKD, random search and evolution over a measured table for many seeds (see kdnas.benchmarks.tabular).
 
 Every strategy runs with its shipped config (``conf/strategy/<name>.yaml``), once with the KD and once with
 the CE top-1 as reward, under one hard cost limit (``--cost`` at the table's ``--quantile``, or ``--limit``),
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdnas.benchmarks.tabular import Table, compare, shipped_config
 from kdnas.spaces.constraints import LIMITS, Constraint
-from kdnas.strategies.tabular import Table, compare, shipped_config
 
 KEYS = {cost: key for key, cost in LIMITS.items()}  # params -> params_max, ...
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
+from kdnas.benchmarks.tabular import Table, compare, shipped_config
 from kdnas.correlation import kendall
 from kdnas.spaces.constraints import Constraint
-from kdnas.strategies.tabular import Table, compare, shipped_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from kdnas.benchmarks.tabular import Table, compare, shipped_config
 from kdnas.engine.checkpoint import load_checkpoint, save_checkpoint
 from kdnas.errors import ConfigError
 from kdnas.evaluators import CachedEvaluator
@@ -24,7 +25,6 @@ from kdnas.strategies import create_strategy
 from kdnas.strategies.akd import AKDStrategy
 from kdnas.strategies.controllers import PPO, LSTMController, PolicyStrategy, Reinforce, SkipGroup, bernoulli_kl, plan
 from kdnas.strategies.kdas import KDASStrategy
-from kdnas.strategies.tabular import Table, compare, shipped_config
 
 torch.set_num_threads(1)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import kdnas
+from kdnas.benchmarks.tabular import shipped_config
 from kdnas.config import DataConfig
 from kdnas.data import build_data
 from kdnas.errors import ConfigError
@@ -28,7 +29,6 @@ from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies import Strategy, create_strategy
 from kdnas.strategies.kdas import KDASStrategy
-from kdnas.strategies.tabular import shipped_config
 
 from .helpers import SMOKE
 from .helpers.search import EVOLUTION, Synthetic

@@ -1,17 +1,8 @@
-"""Tabular replay: run the real strategies (AKD, random search, evolution) against a table of measured archs
-instead of training candidates, for cheap many-seed comparisons (as NAS-Bench-101/201 replays do).
+"""Tabular replay: the real strategies search a table of measured archs (decisions, KD and CE top-1, costs) instead
+of training candidates, for cheap many-seed comparisons (as NAS-Bench-101/201 replays do).
 
-A table row is an arch's decisions with its KD and CE top-1 (trained with and without the teacher; mini-val or
-test, as ``correlate.metric`` chose) and costs. Readers: ``correlate.tsv`` from ``task=correlate`` (decision
-columns between ``arch_id`` and ``params_count``, accuracy columns ``kd_top1`` / ``ce_top1``), or a ``.jsonl`` /
-``.csv`` with an ``arch`` field (a flat decisions dict or an arch JSON, as JSON in CSV) beside ``kd_top1``,
-``ce_top1``, ``params`` (and optionally ``latency_ms``, ``macs``, ``flops``).
-
-The strategies search :class:`TableSpace`, the factorised space of the values each decision takes in the
-table; an arch the table lacks is scored as its nearest row (fewest differing decisions, then table order),
-exact for a table that enumerates its space. The reward is the chosen accuracy (``kd`` or ``ce``); a winner
-is the arch with the best reward seen so far (ties: the earlier), and every strategy is judged by the *KD*
-top-1 of its winners under the same hard cost limit, so winners are compared at matched latency/params.
+An arch the table lacks scores as its nearest row (fewest differing decisions, then table order). Every strategy is
+judged by the KD top-1 of its winners under one hard cost limit, whatever its reward (``kd`` or ``ce``).
 """
 
 from __future__ import annotations
@@ -71,7 +62,9 @@ class Table:
 
     @classmethod
     def load(cls, path: str | Path) -> Table:
-        """Rows without both accuracies (an arch the correlate run did not train) are left out."""
+        """``correlate.tsv`` (decision columns between ``arch_id`` and ``params_count``), or a ``.jsonl``/``.csv``
+        with ``arch`` (decisions or an arch JSON), ``kd_top1``, ``ce_top1``, ``params``; rows without both
+        accuracies (an arch the correlate run did not train) are left out."""
         path = Path(path).expanduser()
         if path.suffix == ".jsonl":
             records = read_jsonl(path, missing_ok=False)
