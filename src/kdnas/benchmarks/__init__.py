@@ -1,0 +1,1 @@
+"""Benchmark harnesses over measured results (no training): replays of the real strategies against tables."""
