@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnas.config import TrainerConfig, to_object
+from kdnas import teachers
+from kdnas.config import ModelConfig, StudentConfig, TrainerConfig, to_object
 from kdnas.context import RunContext
 from kdnas.distill.student import distill_student, student_factory, write_card
-from kdnas.distill.terms import active_weights, distill_config
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 from kdnas.engine.trainer import autocast_context
 from kdnas.errors import ConfigError
-from kdnas.teachers import build_teacher
 
 __all__ = ["comparison_line", "distill_student", "paired_comparison", "run", "student_factory", "test_hits"]
 log = logging.getLogger("kdnas")
@@ -72,32 +72,40 @@ def comparison_line(cmp: dict[str, float], a: str, b: str = "CE") -> str:
             f"{cmp['diff']:+.2f} points, paired s.e. {cmp['se']:.2f} (z = {cmp['z']:+.1f}): {verdict}")
 
 
-def run_scheme(ctx: RunContext, scheme: str) -> dict[str, Any]:
-    name = f"kdnas.distill.schemes.{scheme}"
+def student_settings(cfg: Any) -> tuple[ModelConfig, StudentConfig]:
+    """The typed ``model`` and ``student`` settings of a composed config."""
+    return to_object(cfg.model, ModelConfig), to_object(cfg.student, StudentConfig)
+
+
+def run_scheme(ctx: RunContext, dcfg: DistillConfig) -> dict[str, Any]:
+    """``distill.scheme``'s module ``run`` with the workspace and the settings it reads."""
+    name = f"kdnas.distill.schemes.{dcfg.scheme}"
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as e:
         if not name.startswith(str(e.name)):  # the scheme exists but lacks a dependency of its own
             raise
-        raise ConfigError(f"distill.scheme={scheme!r} is not a distillation scheme of this install (a module "
+        raise ConfigError(f"distill.scheme={dcfg.scheme!r} is not a distillation scheme of this install (a module "
                           "kdnas.distill.schemes.<name>); use distill.scheme=none for plain distillation.") from None
-    return module.run(ctx)
+    model, student = student_settings(ctx.cfg)
+    return module.run(ctx.workspace, dcfg, model=model, student=student,
+                      teacher=teachers.teacher_config(ctx.cfg.teacher))
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
-    cfg = ctx.cfg
+    cfg, ws = ctx.cfg, ctx.workspace
     dcfg = distill_config(cfg.distill)
     if dcfg.scheme != "none":
-        return run_scheme(ctx, dcfg.scheme)
-    make_student, name, arch = student_factory(ctx)
-    teacher = build_teacher(ctx) if set(active_weights(dcfg)) - {"ce"} else None
+        return run_scheme(ctx, dcfg)
+    make_student, name, arch = student_factory(ws, *student_settings(cfg))
+    teacher = teachers.load(ws, cfg.teacher) if set(active_weights(dcfg)) - {"ce"} else None
     student = make_student()
-    summary = distill_student(ctx, student, teacher, dcfg, ctx.run, cfg.seed, student_name=name, arch=arch)
+    summary = distill_student(ws, student, teacher, dcfg, ws.run, ws.seed, student_name=name, arch=arch)
     if dcfg.compare_ce:
-        ce_run, ce_student = ctx.run.sub("ce"), make_student()
-        ce = ctx.trainer(ce_student, run=ce_run, seed=cfg.seed, label=f"CE baseline {name}").fit(resume=ctx.resume)
+        ce_run, ce_student = ws.run.sub("ce"), make_student()
+        ce = ws.trainer(ce_student, run=ce_run, seed=ws.seed, label=f"CE baseline {name}").fit(resume=ws.resume)
         ce_run.write_summary(ce)
-        write_card(ctx, ce_run, name, arch)
+        write_card(ws, ce_run, name, arch)
         summary.update({f"ce_{k}": ce[k] for k in TOP1})
         summary.update({f"gain_{k}": summary[k] - ce[k] for k in TOP1})
         losses = "+".join(k for k in active_weights(dcfg) if k != "ce").upper() or "CE"

@@ -1,33 +1,41 @@
-"""Multi-stage distillation schemes, run with ``task=distill distill=NAME`` (or ``distill.scheme=NAME``).
+"""Multi-stage distillation schemes, run with ``task=distill distill=NAME``: ``dml``, ``born_again``, ``takd``,
+``label_refinery``, ``fitnet_two_stage``.
 
-Each module here has ``run(ctx) -> summary`` and trains its stages with
-:func:`kdnas.distill.student.distill_student` (or the engine directly when the loss is not a sum of terms),
-one sub-folder of the run dir per stage (weights, model card, metrics, checkpoints, ``summary.json``). The
-top-level summary holds the scheme's ``table`` (one row per stage), also written as ``table.md``:
-
-* ``dml``: deep mutual learning (Zhang et al. CVPR 2018);
-* ``born_again``: born-again networks (Furlanello et al. ICML 2018);
-* ``takd``: teacher-assistant KD (Mirzadeh et al. AAAI 2020);
-* ``label_refinery``: label refinery (Bagherinezhad et al. 2018);
-* ``fitnet_two_stage``: FitNets' hint-then-KD training (Romero et al. ICLR 2015).
-
-Parameters live in ``distill.schemes`` (:class:`~kdnas.distill.terms.SchemeConfig`).
+Each module has ``run(ws, distill, *, model, student, teacher) -> summary`` (a Workspace and typed settings) and
+trains its stages with :func:`kdnas.distill.student.distill_student` (or the engine directly when the loss is not a
+sum of terms), one sub-folder of the run per stage (weights, model card, metrics, checkpoints, ``summary.json``).
+The top-level summary holds the scheme's ``table`` (one row per stage), also written as ``table.md``.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from kdnas.context import RunContext
 from kdnas.engine.trainer import Trainer
+from kdnas.engine.workspace import Workspace
+from kdnas.registry import Registry
 from kdnas.runs import RunDir
 from kdnas.teachers import Teacher
 from kdnas.utils import atomic_write_bytes
 
 log = logging.getLogger("kdnas")
+
+
+def _register_schemes() -> None:
+    """Every module of this package is a scheme, named after the module; its ``run`` is the entry point."""
+    for module in pkgutil.iter_modules(__path__):
+        SCHEMES.add(module.name, importlib.import_module(f"{__name__}.{module.name}").run)
+
+
+# distill.scheme -> the scheme's run function; each has a conf/distill/<name>.yaml preset (tests/test_registries.py).
+SCHEMES: Registry[Callable[..., dict[str, Any]]] = Registry(
+    "distillation scheme", "distill.scheme", load=_register_schemes, hint="; or none for plain distillation")
 COLUMNS = ("val_top1_last", "test_top1_last", "test_top1_best")
 
 
@@ -37,10 +45,10 @@ def stage_row(run: RunDir, stage: str, model: str, summary: dict[str, Any]) -> d
     return {"stage": stage, "model": model, **{k: summary[k] for k in COLUMNS if summary.get(k) is not None}}
 
 
-def frozen_teacher(ctx: RunContext, net: nn.Module, name: str) -> Teacher:
-    """A network trained by an earlier stage as the frozen teacher of the next (``teacher.cache`` applies:
+def frozen_teacher(net: nn.Module, name: str, cache: str) -> Teacher:
+    """A network trained by an earlier stage as the frozen teacher of the next (``cache`` is ``teacher.cache``:
     cache entries are keyed by the weights' hash)."""
-    return Teacher([net], [name], cache=str(ctx.cfg.teacher.cache))
+    return Teacher([net], [name], cache=cache)
 
 
 def top1(trainer: Trainer, net: nn.Module) -> dict[str, float]:
@@ -48,16 +56,17 @@ def top1(trainer: Trainer, net: nn.Module) -> dict[str, float]:
     return {f"{split}_top1_last": trainer.evaluate(split, net)["top1"] for split in trainer.eval_splits}
 
 
-def evaluate(ctx: RunContext, net: nn.Module, run: RunDir) -> dict[str, float]:
+def evaluate(ws: Workspace, net: nn.Module, run: RunDir) -> dict[str, float]:
     """:func:`top1` of a trained (possibly frozen) network outside its training run, through the engine's
     evaluation loop; the trainer is built around a one-weight placeholder, since ``net`` may have no trainable
     parameter and an optimiser needs one."""
-    trainer = ctx.trainer(nn.Linear(1, 1), run=run)
+    trainer = ws.trainer(nn.Linear(1, 1), run=run)
     return top1(trainer, net.to(trainer.device))
 
 
-def summary_table(ctx: RunContext, scheme: str, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """The scheme's top-level summary: its stage table (logged and written as ``table.md``) and ``extra``."""
+def summary_table(run: RunDir, scheme: str, rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The scheme's top-level summary: its stage table (logged and written as ``table.md`` in ``run``) and
+    ``extra``."""
     columns = ["stage", "model", *(c for c in COLUMNS if any(c in r for r in rows))]
 
     def line(cells: list[Any]) -> str:
@@ -65,6 +74,6 @@ def summary_table(ctx: RunContext, scheme: str, rows: list[dict[str, Any]], **ex
 
     body = [line([r.get(c, "") for c in columns]) for r in rows]
     text = "\n".join([line(columns), "|" + "---|" * len(columns), *body]) + "\n"
-    atomic_write_bytes(ctx.run.path / "table.md", text.encode())
+    atomic_write_bytes(run.path / "table.md", text.encode())
     log.info("%s:\n%s", scheme, text)
     return {"scheme": scheme, "table": rows, **extra}

@@ -22,16 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.config import ModelConfig
-from kdnas.context import RunContext, build_model
+from kdnas.config import ModelConfig, StudentConfig, TeacherConfig
 from kdnas.data import Batch
 from kdnas.distill import functional as kdf
 from kdnas.distill.schemes import stage_row, summary_table, top1
-from kdnas.distill.terms import active_weights, distill_config
+from kdnas.distill.student import write_card
+from kdnas.distill.terms import DistillConfig, active_weights
 from kdnas.engine.checkpoint import save_weights
 from kdnas.engine.objective import Objective, StepOutput
-from kdnas.engine.trainer import write_model_card
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
+from kdnas.models import build_model
 from kdnas.utils import derive_seed
 
 
@@ -56,27 +57,27 @@ class MutualObjective(Objective):
         return StepOutput(loss=loss, logits=logits[0], terms=terms)
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    cfg = distill_config(ctx.cfg.distill)
-    names = list(cfg.schemes.students) or [str(ctx.cfg.model.name)] * 2
+def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
+        teacher: TeacherConfig) -> dict[str, Any]:
+    cfg = distill
+    names = list(cfg.schemes.students) or [str(model.name)] * 2
     if len(names) < 2:
         raise ConfigError(f"distill=dml needs >= 2 peers, got distill.schemes.students={names}.")
     if extra := set(active_weights(cfg)) - {"ce", "kd"}:
         raise ConfigError(f"distill=dml trains its peers with the ce and kd weights only; set distill.weights of "
                           f"{sorted(extra)} to 0.")
-    seed, num_classes = int(ctx.cfg.seed), ctx.data.num_classes
+    seed, num_classes = ws.seed, ws.data.num_classes
     seeds = [seed, *(derive_seed(seed, "dml_peer", k) for k in range(1, len(names)))]
     nets = [build_model(ModelConfig(name=n), num_classes, s) for n, s in zip(names, seeds)]
     objective = MutualObjective(nets[1:], ce=cfg.weights.ce, kd=cfg.weights.kd, temperature=cfg.temperature)
-    mutual = ctx.run.sub("mutual")
-    trainer = ctx.trainer(nets[0], run=mutual, objective=objective, seed=seed)
-    shared = trainer.fit(resume=ctx.resume)
+    mutual = ws.run.sub("mutual")
+    trainer = ws.trainer(nets[0], run=mutual, objective=objective, seed=seed)
+    shared = trainer.fit(resume=ws.resume)
     mutual.write_summary(shared)
     rows = []
     for k, (net, name) in enumerate(zip(nets, names)):
-        peer = ctx.run.sub(f"peer{k}")
+        peer = ws.run.sub(f"peer{k}")
         save_weights(peer.path / "model.safetensors", net.state_dict())
-        write_model_card(peer.path / "model.json", model=name, num_classes=num_classes, data=ctx.cfg.data.name,
-                         data_fingerprint=ctx.data.fingerprint, init_seed=seeds[k], scheme="dml")
+        write_card(ws, peer, name, init_seed=seeds[k], scheme="dml")
         rows.append(stage_row(peer, f"peer{k}", name, top1(trainer, net)))
-    return summary_table(ctx, "dml", rows, students=names, **shared)
+    return summary_table(ws.run, "dml", rows, students=names, **shared)

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnas.config import TrainerConfig
-from kdnas.context import RunContext, to_object
+from kdnas import teachers
+from kdnas.config import ModelConfig, StudentConfig, TeacherConfig
 from kdnas.distill.schemes import stage_row, summary_table
 from kdnas.distill.student import distill_student, student_factory
-from kdnas.distill.terms import LossWeights, distill_config, stage_index
+from kdnas.distill.terms import DistillConfig, LossWeights, stage_index
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
-from kdnas.teachers import build_teacher
 
 
 def lower_state_keys(net: nn.Module, stage: str, input_size: int) -> set[str]:
@@ -40,24 +40,25 @@ def lower_state_keys(net: nn.Module, stage: str, input_size: int) -> set[str]:
     return {key for key in net.state_dict() if key.rpartition(".")[0] in modules}
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    cfg = distill_config(ctx.cfg.distill)
+def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
+        teacher: TeacherConfig) -> dict[str, Any]:
+    cfg = distill
     if cfg.schemes.hint_epochs < 1:
         raise ConfigError(f"distill.schemes.hint_epochs={cfg.schemes.hint_epochs} must be >= 1.")
-    make_student, name, _ = student_factory(ctx)
-    teacher, seed = build_teacher(ctx), ctx.cfg.seed
-    student = make_student()
-    lower = lower_state_keys(student, cfg.hint_stage, ctx.data.input_size)
-    for key, p in student.named_parameters():
+    make_student, name, _ = student_factory(ws, model, student)
+    frozen, seed = teachers.load(ws, teacher), ws.seed
+    net = make_student()
+    lower = lower_state_keys(net, cfg.hint_stage, ws.data.input_size)
+    for key, p in net.named_parameters():
         p.requires_grad_(key in lower)
     hint_cfg = replace(cfg, weights=LossWeights(ce=0.0, fitnet=1.0))
-    hint_trainer = replace(to_object(ctx.cfg.trainer, TrainerConfig), epochs=cfg.schemes.hint_epochs)
-    hint_run, kd_run = ctx.run.sub("hint"), ctx.run.sub("kd")
-    hint = distill_student(ctx, student, teacher, hint_cfg, hint_run, seed, student_name=name, trainer_cfg=hint_trainer)
-    init = {k: v for k, v in student.state_dict().items() if k in lower}
-    student = make_student()
-    student.load_state_dict(init, strict=False)
-    kd = distill_student(ctx, student, teacher, cfg, kd_run, seed, student_name=name)
+    hint_trainer = replace(ws.trainer_config, epochs=cfg.schemes.hint_epochs)
+    hint_run, kd_run = ws.run.sub("hint"), ws.run.sub("kd")
+    hint = distill_student(ws, net, frozen, hint_cfg, hint_run, seed, student_name=name, trainer_cfg=hint_trainer)
+    init = {k: v for k, v in net.state_dict().items() if k in lower}
+    net = make_student()
+    net.load_state_dict(init, strict=False)
+    kd = distill_student(ws, net, frozen, cfg, kd_run, seed, student_name=name)
     rows = [stage_row(hint_run, "hint", name, {**hint, "lower_layers": sorted(lower)}),
             stage_row(kd_run, "kd", name, kd)]
-    return summary_table(ctx, "fitnet_two_stage", rows, **kd)
+    return summary_table(ws.run, "fitnet_two_stage", rows, **kd)

@@ -17,13 +17,14 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.context import RunContext
+from kdnas.config import ModelConfig, StudentConfig, TeacherConfig
 from kdnas.data import Batch
 from kdnas.distill import functional as kdf
 from kdnas.distill.schemes import frozen_teacher, stage_row, summary_table
 from kdnas.distill.student import student_factory, write_card
-from kdnas.distill.terms import distill_config
+from kdnas.distill.terms import DistillConfig
 from kdnas.engine.objective import Objective, StepOutput
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
 from kdnas.teachers import Teacher
 from kdnas.utils import derive_seed, resolve_device
@@ -46,28 +47,29 @@ class RefineryObjective(Objective):
         return StepOutput(loss=loss, logits=logits, terms={"soft_ce": soft.detach(), "ce": ce.detach()})
 
 
-def run(ctx: RunContext) -> dict[str, Any]:
-    s = distill_config(ctx.cfg.distill).schemes
+def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
+        teacher: TeacherConfig) -> dict[str, Any]:
+    s = distill.schemes
     if s.max_generations < 1 or not 0.0 <= s.soft_weight <= 1.0:
         raise ConfigError(f"distill=label_refinery needs distill.schemes.max_generations >= 1 (got "
                           f"{s.max_generations}) and 0 <= distill.schemes.soft_weight <= 1 (got {s.soft_weight}).")
-    make_student, name, _ = student_factory(ctx)
-    device = resolve_device(ctx.cfg.trainer.device)
+    make_student, name, _ = student_factory(ws, model, student)
+    device = resolve_device(ws.trainer_config.device)
     rows: list[dict[str, Any]] = []
     scores: list[float] = []
     objective, stopped = None, "max_generations"
     for k in range(s.max_generations + 1):
-        gen, net = ctx.run.sub(f"gen{k}"), make_student()
-        trainer = ctx.trainer(net, run=gen, objective=objective, seed=derive_seed(ctx.cfg.seed, "generation", k))
-        summary = trainer.fit(resume=ctx.resume)
-        write_card(ctx, gen, name, scheme="label_refinery", generation=k)
+        gen, net = ws.run.sub(f"gen{k}"), make_student()
+        trainer = ws.trainer(net, run=gen, objective=objective, seed=derive_seed(ws.seed, "generation", k))
+        summary = trainer.fit(resume=ws.resume)
+        write_card(ws, gen, name, scheme="label_refinery", generation=k)
         rows.append(stage_row(gen, f"gen{k}", name, summary))
         score = summary[f"{summary['selection_split']}_top1_last"]
         if scores and score <= max(scores):
             stopped = "no_improvement"
             break
         scores.append(score)
-        objective = RefineryObjective(frozen_teacher(ctx, net, name).to(device), s.soft_weight)
+        objective = RefineryObjective(frozen_teacher(net, name, teacher.cache).to(device), s.soft_weight)
     best = max(range(len(scores)), key=scores.__getitem__)
-    return summary_table(ctx, "label_refinery", rows, best_generation=best, stopped=stopped,
+    return summary_table(ws.run, "label_refinery", rows, best_generation=best, stopped=stopped,
                          **{k: v for k, v in rows[best].items() if k not in ("stage", "model")})
