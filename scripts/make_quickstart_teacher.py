@@ -85,11 +85,11 @@ def package(run: Path, key: str, out: Path, work: Path) -> Path:
 
     from kdnas.api import compose
     from kdnas.context import RunContext
+    from kdnas.correlation import test_hits
     from kdnas.engine.checkpoint import load_weights, save_weights
     from kdnas.engine.trainer import write_model_card
     from kdnas.models import create_model
     from kdnas.runs import RunDir
-    from kdnas.tasks.distill import test_hits
     from kdnas.teachers import recipe_of, teacher_config, teacher_key
 
     ctx = RunContext(compose("train_teacher", OVERRIDES), RunDir(work / "probe"))
@@ -109,7 +109,7 @@ def package(run: Path, key: str, out: Path, work: Path) -> Path:
     net = create_model(tcfg.model, num_classes=ctx.data.num_classes)
     net.load_state_dict(weights)  # the fp16 values, as a run loading the file gets them
     net.eval()
-    top1 = 100.0 * test_hits(ctx, net).double().mean().item()
+    top1 = 100.0 * test_hits(ctx.data, net, ctx.workspace.trainer_config).double().mean().item()
     write_model_card(folder / "teacher.json", **{  # + weights_file and weights_sha256, verified on every load
         "key": key, "model": str(tcfg.model), "num_classes": ctx.data.num_classes,
         "data": str(ctx.cfg.data.name), "data_fingerprint": ctx.data.fingerprint, "data_identity": ctx.data.identity,

@@ -270,7 +270,7 @@ def test_task_distill_student_from_a_searched_arch(tmp_path: Path) -> None:
 
 
 def test_paired_comparison_of_kd_and_ce_hits() -> None:
-    from kdnas.tasks.distill import comparison_line, paired_comparison
+    from kdnas.correlation import comparison_line, paired_comparison
 
     kd = torch.tensor([1, 1, 1, 1, 0, 0, 1, 1, 0, 1], dtype=torch.bool)  # 7/10
     ce = torch.tensor([1, 1, 0, 1, 0, 1, 0, 1, 0, 0], dtype=torch.bool)  # 5/10; KD alone right on 3, CE alone on 1

@@ -1,6 +1,7 @@
 """How well a proxy ranks architectures: rank correlations with a ground truth, precision at top-k, partial
 correlation given the parameter count, correlations within parameter-count bands, and the plots and
-Markdown table task=correlate writes.
+Markdown table task=correlate writes. Also the paired comparison of two networks on the same test images
+(:func:`test_hits`, :func:`paired_comparison`, :func:`comparison_line`).
 
 Rank statistics skip NaN entries (a proxy that failed on an arch) pairwise; infinities keep their rank.
 """
@@ -14,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
+from torch import nn
+
+from kdnas.config import TrainerConfig
+from kdnas.data import DataModule
+from kdnas.engine.trainer import autocast_context
 
 
 def _finite_pairs(*cols: Sequence[float]) -> list[np.ndarray]:
@@ -162,3 +169,44 @@ def scatter(path: Path, columns: Mapping[str, Sequence[float]], truth: Sequence[
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+@torch.no_grad()
+def test_hits(data: DataModule, model: nn.Module, trainer_cfg: TrainerConfig) -> torch.Tensor:
+    """Per test image, whether ``model``'s top-1 prediction is right (bool, in the test split's order), evaluated
+    with ``trainer_cfg``'s batch size, memory format and AMP: what a paired comparison of two networks needs."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    hits = []
+    for batch in data.loader("test", trainer_cfg.eval_batch_size, train=False, seed=0, device=device,
+                             channels_last=trainer_cfg.channels_last).epoch(0):
+        with autocast_context(device, trainer_cfg.amp):
+            hits.append(model(batch.x).argmax(1).eq(batch.y).cpu())
+    model.train(was_training)
+    return torch.cat(hits)
+
+
+def paired_comparison(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Top-1 of ``a`` minus top-1 of ``b`` (points) on the same images, with the paired standard error: the s.d. of
+    the per-image differences over sqrt(n). Images both get right or both get wrong cancel out, so this is much
+    tighter than two independent binomial errors."""
+    if a.shape != b.shape or a.numel() < 2:
+        raise ValueError(f"paired comparison needs two equal-length hit vectors of >= 2 images, got {a.shape}, "
+                         f"{b.shape}")
+    d = a.double() - b.double()
+    n = d.numel()
+    se = 100.0 * d.std(unbiased=True).item() / math.sqrt(n)
+    diff = 100.0 * d.mean().item()
+    return {"a_top1": 100.0 * a.double().mean().item(), "b_top1": 100.0 * b.double().mean().item(), "diff": diff,
+            "se": se, "z": diff / se if se > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff)),
+            "n": n, "a_only": int((d > 0).sum()), "b_only": int((d < 0).sum())}
+
+
+def comparison_line(cmp: dict[str, float], a: str, b: str = "CE") -> str:
+    """One line a newcomer can read: both top-1s, the difference, its paired s.e. and whether it clears the noise
+    (|difference| > 2 s.e., about 95 %)."""
+    verdict = (f"{a if cmp['diff'] > 0 else b} is better beyond the noise" if abs(cmp["z"]) > 2
+               else "inside the noise (|difference| <= 2 s.e.)")
+    return (f"{a} vs {b} on {cmp['n']} test images: {cmp['a_top1']:.2f} vs {cmp['b_top1']:.2f} top-1, difference "
+            f"{cmp['diff']:+.2f} points, paired s.e. {cmp['se']:.2f} (z = {cmp['z']:+.1f}): {verdict}")
