@@ -19,6 +19,7 @@ from kdnas.distill.cache import TeacherLogitCache
 from kdnas.evaluators import proxy_evaluator, train_evaluator
 from kdnas.runs import RunDir
 from kdnas.spaces import create_space
+from kdnas.tasks.search import proxy_settings, teacher_settings, train_settings
 from kdnas.teachers import store as store_module
 from kdnas.teachers import teacher_key
 
@@ -37,12 +38,13 @@ def teacher_logits(ctx: RunContext) -> str:
 
 
 def train_eval(ctx: RunContext) -> str:
-    return train_evaluator(ctx, create_space("resnet_cifar"), objective="ce", trainer={}, seed=int(ctx.cfg.seed),
-                           runs=ctx.run.sub("runs")).fingerprint
+    return train_evaluator(ctx.workspace, create_space("resnet_cifar"), train_settings(ctx, "ce"),
+                           teacher_settings(ctx), seed=int(ctx.cfg.seed), runs=ctx.run.sub("runs")).fingerprint
 
 
 def proxy_eval(ctx: RunContext) -> str:
-    return proxy_evaluator(ctx, create_space("resnet_cifar")).fingerprint
+    return proxy_evaluator(ctx.workspace, create_space("resnet_cifar"), proxy_settings(ctx),
+                           teacher_settings(ctx)).fingerprint
 
 
 KEYS: dict[str, Callable[[RunContext], str]] = {

@@ -26,6 +26,7 @@ from kdnas.evaluators import evaluation_pool, per_epoch, train_evaluator
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.spaces import space_from_config
+from kdnas.tasks.search import teacher_settings, train_settings
 from kdnas.teachers import weights_sha256
 
 from .helpers import SMOKE
@@ -119,8 +120,8 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
 def _train_evaluator(tmp_path: Path, overrides: list[str]) -> Any:
     cfg = compose("search", [*SMOKE, "search.evaluator=train", *overrides])
     ctx = RunContext(cfg, RunDir(tmp_path / "run"))
-    return train_evaluator(ctx, space_from_config(cfg.space), objective="ce", trainer={}, seed=cfg.seed,
-                           runs=ctx.run.sub("candidates"))
+    return train_evaluator(ctx.workspace, space_from_config(cfg.space), train_settings(ctx, "ce"),
+                           teacher_settings(ctx), seed=cfg.seed, runs=ctx.run.sub("candidates"))
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Where candidates are evaluated: in-process, in spawned worker processes, or as submitit jobs (locally or on
 SLURM), ``search.executor`` / ``search.workers``. What is evaluated is :mod:`kdnas.evaluators`' business: a worker
-rebuilds the evaluator from a picklable :class:`WorkerSpec` and calls its ``evaluate_one``; the parent writes every
-cache entry, so results (and a search's history) are those of in-process evaluation."""
+rebuilds the evaluator from a picklable :class:`WorkerSpec` (whose ``build`` belongs to the task layer, which alone
+reads the run's config) and calls its ``evaluate_one``; the parent writes every cache entry, so results (and a
+search's history) are those of in-process evaluation."""
 
 from __future__ import annotations
 
@@ -16,13 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import OmegaConf
 
-from kdnas.config import TrainerConfig, dataclass_from_node, to_object
-from kdnas.context import RunContext
-from kdnas.engine.trainer import apply_runtime
+from kdnas.config import dataclass_from_node
 from kdnas.errors import ConfigError
-from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch
 
 if TYPE_CHECKING:
@@ -46,13 +43,12 @@ class SlurmSettings:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker needs to rebuild an evaluator: the live one holds a RunContext and a teacher and cannot be
-    pickled. ``build(ctx, **kwargs)`` is a module-level factory; ``key`` names the rebuilt evaluator, which a
+    """What a worker needs to rebuild an evaluator: the live one holds a workspace and a teacher and cannot be
+    pickled. ``build(**kwargs)`` is a module-level factory (the task layer's: it rebuilds the run's workspace from
+    the picklable ``kwargs`` and applies the run's runtime settings); ``key`` names the rebuilt evaluator, which a
     long-lived worker process keeps for the next candidate."""
 
     key: str
-    config: dict[str, Any]  # the run's resolved config
-    run_dir: str
     build: Callable[..., CachedEvaluator]
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -75,9 +71,7 @@ def evaluate_in_worker(spec: WorkerSpec, arch: Arch, gpu: str | None = None) -> 
     _pin_gpu(gpu)
     evaluator = _WORKER_EVALUATORS.get(spec.key)
     if evaluator is None:
-        cfg = OmegaConf.create({**spec.config, "logger": {"kind": "none"}})  # the parent mirrors to wandb, not workers
-        apply_runtime(to_object(cfg.trainer, TrainerConfig))  # torch threads = trainer.num_threads, determinism
-        evaluator = _WORKER_EVALUATORS[spec.key] = spec.build(RunContext(cfg, RunDir(spec.run_dir)), **spec.kwargs)
+        evaluator = _WORKER_EVALUATORS[spec.key] = spec.build(**spec.kwargs)
     return evaluator.evaluate_one(arch)
 
 

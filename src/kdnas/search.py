@@ -32,22 +32,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from kdnas.config import SearchSettings, TrainerConfig
-from kdnas.context import RunContext, to_object
+from kdnas.config import SearchSettings, TeacherConfig
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import CheckpointError, ConfigError
-from kdnas.evaluators import Evaluator, proxy_evaluator, train_evaluator
-from kdnas.execution import evaluation_pool
+from kdnas.evaluators import Evaluator, ProxySettings, TrainSettings, proxy_evaluator, train_evaluator
+from kdnas.execution import WorkerSpec, evaluation_pool
 from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
-from kdnas.spaces import space_from_config
-from kdnas.spaces.constraints import constraint_from_config
+from kdnas.spaces.base import SearchSpace
+from kdnas.spaces.constraints import Constraint
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies import Strategy, create_strategy, reward_key
 from kdnas.strategies.base import strategy_class
@@ -55,6 +55,19 @@ from kdnas.utils import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("kdnas")
 SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """Everything a search reads besides its workspace, typed: the task layer builds it from the config."""
+
+    settings: SearchSettings
+    space: SearchSpace
+    strategy: Mapping[str, Any]  # the ``strategy`` settings: its name and that strategy's keys
+    constraint: Constraint
+    evaluator: ProxySettings | TrainSettings  # what measures a candidate: a proxy score or a short training
+    teacher: TeacherConfig  # the run's teacher: KD candidates, DisWOT's trained reference, Cream's mentor
+    worker: WorkerSpec | None = None  # how a worker process rebuilds the training evaluator (pooled executors)
 
 
 def _truncate_lines(path: Path, keep: int) -> None:
@@ -161,30 +174,25 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
             "best_arch_path": str(run.path / "best_arch.json")}
 
 
-def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
-    """Build space, constraint, strategy and evaluator from the config and run the loop in ``run``."""
-    cfg = ctx.cfg
-    apply_runtime(to_object(cfg.trainer, TrainerConfig))  # threads and determinism: no Trainer may be built
-    settings = SearchSettings.from_config(cfg.search)
-    space = space_from_config(cfg.space)
-    costs = CostModel(space, ctx.data.num_classes, ctx.data.input_size)
-    strategy = create_strategy(cfg.strategy, space, constraint=constraint_from_config(cfg.constraint), costs=costs,
-                               seed=cfg.seed)
+def search(ws: Workspace, run: RunDir, job: SearchJob) -> dict[str, Any]:
+    """Build the strategy and the evaluator of ``job`` and run the loop in ``run``."""
+    apply_runtime(ws.trainer_config)  # threads and determinism: no Trainer may be built
+    settings, space = job.settings, job.space
+    costs = CostModel(space, ws.data.num_classes, ws.data.input_size)
+    strategy = create_strategy(job.strategy, space, constraint=job.constraint, costs=costs, seed=ws.seed)
     with evaluation_pool(settings.executor, settings.workers, run.path / "submitit", settings.slurm) as pool:
-        kind = settings.evaluator or strategy.default_evaluator
-        if settings.evaluator is None:
-            log.info("search.evaluator not set: strategy %s's default is %s", strategy.name,
-                     "train (candidates trained briefly, the paper's reward)" if kind == "train" else
-                     f"proxy (candidates scored by proxy={cfg.proxy.name})")
-        reward_kind = settings.objective if kind == "train" else f"proxy:{cfg.proxy.name}"
-        strategy.check_reward_kind(reward_kind)  # before a teacher is built or trained (run_search checks it all)
-        if kind == "proxy":
-            evaluator: Any = proxy_evaluator(ctx, space)
+        if isinstance(job.evaluator, TrainSettings):
+            kind, reward_kind = "train", job.evaluator.objective
         else:
-            evaluator = train_evaluator(ctx, space, objective=settings.objective, trainer=settings.trainer,
-                                        seed=cfg.seed, runs=run.sub("candidates"), costs=costs, pool=pool)
+            kind, reward_kind = "proxy", f"proxy:{job.evaluator.name}"
+        strategy.check_reward_kind(reward_kind)  # before a teacher is built or trained (run_search checks it all)
+        if isinstance(job.evaluator, TrainSettings):
+            evaluator: Any = train_evaluator(ws, space, job.evaluator, job.teacher, seed=ws.seed,
+                                             runs=run.sub("candidates"), costs=costs, pool=pool, worker=job.worker)
+        else:
+            evaluator = proxy_evaluator(ws, space, job.evaluator, job.teacher)
         summary = run_search(strategy, evaluator, run, budget=settings.budget, batch=settings.batch,
-                             config_hash=ctx.config_hash, resume=ctx.resume, top_k=settings.top_k,
+                             config_hash=ws.config_hash, resume=ws.resume, top_k=settings.top_k,
                              time_budget_s=settings.time_budget_s,
                              checkpoint_every_s=settings.checkpoint_every_s, reward_kind=reward_kind)
     return {**summary, "space": space.name, "evaluator": kind, "reward_kind": reward_kind, "evaluator_fingerprint":
@@ -193,8 +201,8 @@ def search(ctx: RunContext, run: RunDir) -> dict[str, Any]:
             **({"semantic_form": evaluator.semantic_form} if getattr(evaluator, "semantic_form", None) else {})}
 
 
-def run_strategy(ctx: RunContext, run: RunDir) -> dict[str, Any]:
-    """The search of ``strategy=`` in ``run``, for task=search and task=pipeline alike: the strategy's own
+def run_strategy(ws: Workspace, run: RunDir, job: SearchJob) -> dict[str, Any]:
+    """The search of ``job.strategy`` in ``run``, for task=search and task=pipeline alike: the strategy's own
     :meth:`~kdnas.strategies.Strategy.search`, which by default is :func:`search` (the shared ask/tell loop) and
     for cream its supernet loop."""
-    return strategy_class(OmegaConf.select(ctx.cfg, "strategy.name")).search(ctx, run, search)
+    return strategy_class(job.strategy.get("name")).search(ws, run, job, search)

@@ -18,7 +18,14 @@ from kdnas.evaluators.base import (
     sample_archs,
 )
 from kdnas.evaluators.proxy import ProxyEvaluator, ProxySettings, embedding_width, proxy_batches, proxy_evaluator
-from kdnas.evaluators.train import CE_ONLY, TrainEvaluator, per_epoch, teacher_logits_source, train_evaluator
+from kdnas.evaluators.train import (
+    CE_ONLY,
+    TrainEvaluator,
+    TrainSettings,
+    per_epoch,
+    teacher_logits_source,
+    train_evaluator,
+)
 from kdnas.execution import (
     EXECUTORS,
     Pool,
@@ -31,6 +38,7 @@ from kdnas.execution import (
 from kdnas.spaces.base import build_candidate
 
 __all__ = ["CE_ONLY", "COSTS", "EVAL_FORMAT", "EXECUTORS", "RESULTS_VERSION", "CachedEvaluator", "Evaluator", "Pool",
-           "ProxyEvaluator", "ProxySettings", "SlurmSettings", "TrainEvaluator", "WorkerSpec", "build_candidate",
+           "ProxyEvaluator", "ProxySettings", "SlurmSettings", "TrainEvaluator", "TrainSettings", "WorkerSpec",
+           "build_candidate",
            "embedding_width", "evaluate_in_worker", "evaluation_pool", "memory_format", "per_epoch", "proxy_batches",
            "proxy_evaluator", "sample_archs", "teacher_logits_source", "train_evaluator", "visible_gpus"]

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdnas.config import ModelConfig, dataclass_from_node
-from kdnas.context import RunContext
+from kdnas import teachers
+from kdnas.config import ModelConfig, TeacherConfig, dataclass_from_node
 from kdnas.data import Batch, DataModule
 from kdnas.distill.cache import tensor_sha256
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
 from kdnas.evaluators.base import COSTS, CachedEvaluator, memory_format, sample_archs
 from kdnas.models import build_model, create_model
@@ -26,7 +27,6 @@ from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
 from kdnas.proxies.base import INITS
 from kdnas.proxies.diswot import COMBINES, SEMANTIC_CHOICES, TERMS, TeacherStats, semantic_form
 from kdnas.spaces.base import Arch, SearchSpace, build_candidate
-from kdnas.teachers import build_teacher
 from kdnas.utils import derive_seed, resolve_device
 
 log = logging.getLogger("kdnas")
@@ -152,24 +152,26 @@ def embedding_width(net: nn.Module) -> int:
     return (members[0] if members is not None else net).classifier.in_features
 
 
-def proxy_evaluator(ctx: RunContext, space: SearchSpace, names: Sequence[str] = ()) -> ProxyEvaluator:
-    """The :class:`ProxyEvaluator` of ``ctx.cfg.proxy`` (teacher per ``proxy.teacher_state``)."""
-    cfg = ctx.cfg
-    settings = ProxySettings.from_config(cfg.proxy)
-    channels_last = bool(cfg.trainer.channels_last)
-    device, fmt = resolve_device(cfg.trainer.device), torch.channels_last if channels_last else torch.preserve_format
-    num_classes = ctx.data.num_classes
+def proxy_evaluator(ws: Workspace, space: SearchSpace, settings: ProxySettings, teacher: TeacherConfig,
+                    names: Sequence[str] = ()) -> ProxyEvaluator:
+    """The :class:`ProxyEvaluator` of ``settings`` on ``ws``'s data, seed and device (the run's ``trainer``):
+    ``teacher`` is DisWOT's reference network, freshly initialised (``teacher.model``) or the run's trained
+    teacher, per ``settings.teacher_state``."""
+    recipe = ws.trainer_config
+    device = resolve_device(recipe.device)
+    fmt = torch.channels_last if recipe.channels_last else torch.preserve_format
+    num_classes = ws.data.num_classes
     if settings.teacher_state == "random":
-        def teacher() -> nn.Module:
-            net = build_model(ModelConfig(name=cfg.teacher.model), num_classes, derive_seed(cfg.seed, "proxy-teacher"))
+        def reference() -> nn.Module:
+            net = build_model(ModelConfig(name=teacher.model), num_classes, derive_seed(ws.seed, "proxy-teacher"))
             return apply_init(net, settings.init).to(device, memory_format=fmt).train()  # train-mode BN, as candidates
 
-        identity: Any = {"state": "random", "model": cfg.teacher.model}
+        identity: Any = {"state": "random", "model": teacher.model}
         with torch.device("meta"):  # its width only: no memory, no init
-            width = embedding_width(create_model(cfg.teacher.model, num_classes=num_classes))
+            width = embedding_width(create_model(teacher.model, num_classes=num_classes))
     else:
-        trained = build_teacher(ctx).to(device, memory_format=fmt)  # frozen, eval mode
-        teacher, identity, width = (lambda: trained), {"state": "trained", "weights": trained.hashes}, None
-    return ProxyEvaluator(space, proxy_batches(ctx.data, settings, cfg.seed, device, channels_last), settings,
-                          names=names, teacher=teacher, teacher_identity=identity, num_classes=num_classes,
-                          seed=cfg.seed, cache_dir=ctx.cache_dir, teacher_width=width)
+        trained = teachers.load(ws, teacher).to(device, memory_format=fmt)  # frozen, eval mode
+        reference, identity, width = (lambda: trained), {"state": "trained", "weights": trained.hashes}, None
+    return ProxyEvaluator(space, proxy_batches(ws.data, settings, ws.seed, device, recipe.channels_last), settings,
+                          names=names, teacher=reference, teacher_identity=identity, num_classes=num_classes,
+                          seed=ws.seed, cache_dir=ws.cache_dir, teacher_width=width)

@@ -6,24 +6,24 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 
-from kdnas.config import TrainerConfig, to_object
-from kdnas.context import RunContext
+from kdnas import teachers
+from kdnas.config import TeacherConfig, TrainerConfig
 from kdnas.distill import student
 from kdnas.distill.cache import TeacherLogitCache, prebuild
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
 from kdnas.evaluators.base import COSTS, CachedEvaluator
 from kdnas.execution import Pool, WorkerSpec
 from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch, SearchSpace, build_candidate
 from kdnas.spaces.costs import CostModel
-from kdnas.teachers import build_teacher, recipe_of
+from kdnas.teachers import recipe_of
 from kdnas.utils import resolve_device
 
 
@@ -37,25 +37,35 @@ class TrainEvaluator(CachedEvaluator):
     reward = last-epoch mini-val top-1. Candidate runs live in ``runs/<arch_id>`` (resumable; their
     checkpoints are deleted once the result is cached). With ``distill=oracle`` the result also carries
     ``oracle_disagreement``: per epoch, the fraction of training samples where the oracle target differs from
-    plain KD (KDAS)."""
+    plain KD (KDAS).
 
-    def __init__(self, ctx: RunContext, space: SearchSpace, *, distill: DistillConfig, trainer: TrainerConfig,
-                 seed: int, runs: RunDir, costs: CostModel | None = None, pool: Pool | None = None) -> None:
-        if ctx.data.num_samples("val") == 0:
+    ``teacher`` (the run's teacher settings) is loaded only when ``distill`` reads a teacher. ``aug_seed`` is
+    ``data.aug_seed`` (None: ``seed``). ``worker``: the task layer's recipe to rebuild this evaluator in a worker
+    (its ``build`` and the run's picklable settings), completed here with this evaluator's own arguments; needed
+    with a ``pool`` only."""
+
+    def __init__(self, ws: Workspace, space: SearchSpace, *, distill: DistillConfig, trainer: TrainerConfig,
+                 teacher: TeacherConfig | None, seed: int, runs: RunDir, aug_seed: int | None = None,
+                 costs: CostModel | None = None, pool: Pool | None = None, worker: WorkerSpec | None = None) -> None:
+        if ws.data.num_samples("val") == 0:
             raise ConfigError("Candidate training is scored on mini-val: set data.val_fraction > 0 (e.g. 0.1).")
-        self.ctx, self.space, self.distill, self.trainer = ctx, space, distill, trainer
-        self.seed, self.runs = seed, runs
-        data = ctx.cfg.data
+        self.ws, self.space, self.distill, self.trainer = ws, space, distill, trainer
+        self.seed, self.runs, self.worker = seed, runs, worker
         # One augmentation seed per search (the loader's rule: data.aug_seed, else the run seed): every candidate
         # trains on the same views in the same order, so the teacher's logits of an epoch are computed once.
-        self.aug_seed = data.aug_seed if data.aug_seed is not None else seed
-        self.teacher = build_teacher(ctx) if set(active_weights(distill)) - {"ce"} else None
-        self.costs = costs or CostModel(space, ctx.data.num_classes, ctx.data.input_size)
+        self.aug_seed = aug_seed if aug_seed is not None else seed
+        self.settings = {"space": space, "distill": distill, "trainer": trainer, "teacher": teacher, "seed": seed,
+                         "runs": runs, "aug_seed": aug_seed}  # what a worker rebuilds this evaluator from
+        reads_teacher = bool(set(active_weights(distill)) - {"ce"})
+        if reads_teacher and teacher is None:
+            raise ConfigError("Candidate training with KD needs the run's teacher settings (teacher=...).")
+        self.teacher = teachers.load(ws, teacher) if reads_teacher and teacher is not None else None
+        self.costs = costs or CostModel(space, ws.data.num_classes, ws.data.input_size)
         self.prebuilt = False
-        super().__init__(ctx.cache_dir, {
+        super().__init__(ws.cache_dir, {
             "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
             "teacher_logits": teacher_logits_source(self.teacher, distill),
-            "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ctx.data.identity,
+            "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ws.data.identity,
             "train_split": trainer.train_split, "seed": seed,
             "aug_seed": self.aug_seed}, pool)
 
@@ -72,20 +82,20 @@ class TrainEvaluator(CachedEvaluator):
         self.prebuilt = True
         if reads_teacher_features(self.distill):
             return  # feature terms run the teacher online (DistillObjective)
-        cache = TeacherLogitCache(self.ctx.cache_dir, self.ctx.data, self.trainer.train_split, self.seed, "auto")
+        cache = TeacherLogitCache(self.ws.cache_dir, self.ws.data, self.trainer.train_split, self.seed, "auto")
         self.teacher.to(resolve_device(self.trainer.device), memory_format=torch.channels_last)
         prebuild(cache, list(self.teacher.members), self.teacher.hashes, self.trainer.epochs,
-                 progress=bool(self.ctx.cfg.progress))
+                 progress=self.ws.progress)
         if self.pool is not None:  # workers rebuild their own teacher: free the parent's device memory
             self.teacher.to("cpu")
         self.logit_cache = cache  # holds the search's epochs until the search ends
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:
         # Init from (seed, arch_id), as task=distill student.arch builds it; data order and views from the search seed.
-        model = build_candidate(self.space, arch, self.ctx.data.num_classes, self.ctx.data.input_size, self.seed)
+        model = build_candidate(self.space, arch, self.ws.data.num_classes, self.ws.data.input_size, self.seed)
         run = self.runs.sub(arch.arch_id)
         start = time.perf_counter()
-        summary = student.distill_student(self.ctx, model, self.teacher, self.distill, run, self.seed,
+        summary = student.distill_student(self.ws, model, self.teacher, self.distill, run, self.seed,
                                   student_name=f"arch:{arch.arch_id}", trainer_cfg=self.trainer,
                                   label=f"candidate {arch.arch_id[:8]} {self.positions.get(arch.arch_id, '')}".strip(),
                                   evaluate_teacher=False)
@@ -97,12 +107,13 @@ class TrainEvaluator(CachedEvaluator):
                 **({"oracle_disagreement": disagreement} if disagreement else {})}
 
     def worker_spec(self) -> WorkerSpec:
-        """The same evaluator in a worker: the parent's config and run folder, this recipe, seed and runs folder."""
-        return WorkerSpec(key=f"{self.fingerprint}:{self.runs.path}",
-                          config=OmegaConf.to_container(self.ctx.cfg, resolve=True),  # type: ignore[arg-type]
-                          run_dir=str(self.ctx.run.path), build=TrainEvaluator,
-                          kwargs={"space": self.space, "distill": self.distill, "trainer": self.trainer,
-                                  "seed": self.seed, "runs": self.runs})
+        """The same evaluator in a worker: the task layer's ``worker`` (the run's workspace) plus this recipe, seed,
+        teacher and runs folder."""
+        if self.worker is None:
+            raise ConfigError("This training evaluator was built without a worker recipe (worker=WorkerSpec from the "
+                              "task layer), so it cannot train candidates in a pool; use search.executor=local.")
+        return replace(self.worker, key=f"{self.fingerprint}:{self.runs.path}",
+                       kwargs={**self.worker.kwargs, **self.settings})
 
 
 def teacher_logits_source(teacher: Any, distill: DistillConfig) -> str | None:
@@ -114,15 +125,31 @@ def teacher_logits_source(teacher: Any, distill: DistillConfig) -> str | None:
 
 
 CE_ONLY = {"weights": {"ce": 1.0}}
+OBJECTIVES = ("kd", "ce")
 
 
-def train_evaluator(ctx: RunContext, space: SearchSpace, *, objective: str, trainer: Any, seed: int, runs: RunDir,
-                    costs: CostModel | None = None, pool: Pool | None = None) -> TrainEvaluator:
-    """``objective``: ``kd`` (the ``distill:`` config, KD by default) or ``ce``; ``trainer`` overrides merged
-    over the run's ``trainer:`` (the candidate recipe); ``pool``: where the candidates train (None: in-process)."""
-    if objective not in ("kd", "ce"):
-        raise ConfigError(f"Candidate training objective {objective!r} is not one of kd, ce.")
-    recipe = to_object(OmegaConf.merge(ctx.cfg.trainer, trainer or {}), TrainerConfig)
-    distill = distill_config(CE_ONLY if objective == "ce" else ctx.cfg.distill)
-    return TrainEvaluator(ctx, space, distill=distill, trainer=recipe, seed=seed, runs=runs, costs=costs,
-                          pool=pool)
+@dataclass(frozen=True)
+class TrainSettings:
+    """Candidate training, typed (the task layer builds it from the config): ``objective`` kd (the run's ``distill``
+    losses, KD by default) or ce; ``trainer`` the candidates' full recipe."""
+
+    objective: str
+    trainer: TrainerConfig
+    distill: DistillConfig | None = None  # objective=kd: the losses (objective=ce: CE alone, not read)
+    aug_seed: int | None = None  # data.aug_seed (None: the search seed)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"Candidate training objective {self.objective!r} is not one of kd, ce.")
+        if self.objective == "kd" and self.distill is None:
+            raise ConfigError("Candidate training with objective kd needs the distill settings (distill=...).")
+
+
+def train_evaluator(ws: Workspace, space: SearchSpace, settings: TrainSettings, teacher: TeacherConfig, *, seed: int,
+                    runs: RunDir, costs: CostModel | None = None, pool: Pool | None = None,
+                    worker: WorkerSpec | None = None) -> TrainEvaluator:
+    """The :class:`TrainEvaluator` of ``settings`` (``pool``: where the candidates train, None: in-process)."""
+    distill = settings.distill if settings.objective == "kd" and settings.distill is not None else distill_config(
+        CE_ONLY)
+    return TrainEvaluator(ws, space, distill=distill, trainer=settings.trainer, teacher=teacher, seed=seed,
+                          runs=runs, aug_seed=settings.aug_seed, costs=costs, pool=pool, worker=worker)

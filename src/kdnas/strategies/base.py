@@ -34,8 +34,9 @@ from kdnas.spaces.costs import CostModel
 from kdnas.utils import derive_seed
 
 if TYPE_CHECKING:
-    from kdnas.context import RunContext
+    from kdnas.engine.workspace import Workspace
     from kdnas.runs import RunDir
+    from kdnas.search import SearchJob
 
 log = logging.getLogger("kdnas")
 
@@ -66,13 +67,14 @@ class Strategy:
 
     # -- the protocol -----------------------------------------------------------------------------
     @classmethod
-    def search(cls, ctx: RunContext, run: RunDir,
-               loop: Callable[[RunContext, RunDir], dict[str, Any]]) -> dict[str, Any]:
+    def search(cls, ws: Workspace, run: RunDir, job: SearchJob,
+               loop: Callable[[Workspace, RunDir, SearchJob], dict[str, Any]]) -> dict[str, Any]:
         """The whole search of this strategy in the run folder ``run``, returning its summary (with
         ``best_arch_path``). By default the shared ask/tell loop ``loop`` (:func:`kdnas.search.search`, which builds
-        the strategy from the config): it is passed in because the loop sits above the strategies. A strategy
-        with its own loop (``own_loop = True``) overrides this. A classmethod: the loop builds the instance."""
-        return loop(ctx, run)
+        the strategy from ``job``, the typed settings): it is passed in because the loop sits above the strategies. A
+        strategy with its own loop (``own_loop = True``) overrides this. A classmethod: the loop builds the
+        instance."""
+        return loop(ws, run, job)
 
     def ask(self, n: int) -> list[Arch]:
         raise NotImplementedError

@@ -36,6 +36,7 @@ from kdnas.proxies.diswot import TERMS
 from kdnas.spaces import space_from_config
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.costs import CostModel
+from kdnas.tasks.search import proxy_settings, teacher_settings, train_settings, worker_recipe
 from kdnas.utils import atomic_write_json, derive_seed
 
 Truth = dict[str, dict[str, list[float]]]  # ground truth name -> arch_id -> accuracy per seed
@@ -123,13 +124,15 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
     (one aug seed per evaluator, KD and CE alike), so the teacher's logits of an epoch are computed once per seed."""
     truth: Truth = {}
     aug_seeds: dict[str, int] = {}
+    teacher, worker = teacher_settings(ctx), worker_recipe(ctx)
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
         for k in range(1 + s.noise_seeds):
             subset = archs if k == 0 or s.cached_only else noise_subset(archs, s.noise_subset)  # cached: any
             seed = ctx.cfg.seed + k
-            ev = train_evaluator(ctx, space, objective=objective, trainer=s.trainer, seed=seed, costs=costs,
-                                 runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool)
+            ev = train_evaluator(ctx.workspace, space, train_settings(ctx, objective, s.trainer), teacher, seed=seed,
+                                 costs=costs, runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool,
+                                 worker=worker)
             aug_seeds[f"seed{seed}"] = ev.aug_seed
             results = [ev.lookup(a) for a in subset] if s.cached_only else ev.evaluate(subset)
             for arch, result in zip(subset, results):
@@ -210,7 +213,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                 raise ConfigError(f"correlate.cached_only=true: {len(archs)} arch(s) have every ground truth "
                                   f"({', '.join(truth)}) cached for this recipe; a correlation needs 3 or more. Run "
                                   "without correlate.cached_only to train them.")
-    scored = proxy_evaluator(ctx, space, names=s.proxies).evaluate(archs)
+    scored = proxy_evaluator(ctx.workspace, space, proxy_settings(ctx), teacher_settings(ctx),
+                             names=s.proxies).evaluate(archs)
     columns, params = proxy_columns(scored), [r["costs"]["params"] for r in scored]
     results, noise = analyse(ctx.run.path, s, archs, columns, params, truth)
     text = markdown(results, noise, s.top_k, len(archs))

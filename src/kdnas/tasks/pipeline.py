@@ -31,7 +31,8 @@ from kdnas.search import run_strategy
 from kdnas.spaces import build_candidate, load_arch, space_for
 from kdnas.spaces.costs import CostModel, count_params
 from kdnas.tasks.distill import comparison_line, paired_comparison, test_hits
-from kdnas.teachers import build_teacher
+from kdnas.tasks.search import search_job
+from kdnas.teachers import load
 
 log = logging.getLogger("kdnas")
 STAGES = ("teacher", "search", "KD retraining of the winner", "CE baseline of the winner")
@@ -69,10 +70,11 @@ def run(ctx: RunContext) -> dict[str, Any]:
                  duration(laps[-1][0] - laps[0][0]))
 
     stage(0)
-    teacher = build_teacher(ctx)
+    job = search_job(ctx)
+    teacher = load(ctx.workspace, job.teacher)
     lap("teacher")
     stage(1)
-    found = run_strategy(ctx, ctx.run.sub("search"))
+    found = run_strategy(ctx.workspace, ctx.run.sub("search"), job)
     lap("search")
     arch = load_arch(found["best_arch_path"])
     space, data = space_for(arch), ctx.data
@@ -84,11 +86,12 @@ def run(ctx: RunContext) -> dict[str, Any]:
     dcfg = distill_config(cfg.distill)
     stage(2)
     kd_net = student()
-    kd = distill_student(ctx, kd_net, teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name, arch=arch)
+    kd = distill_student(ctx.workspace, kd_net, teacher, dcfg, ctx.run.sub("distill"), cfg.seed, student_name=name,
+                         arch=arch)
     lap("retrain")
     stage(3)
     ce_net = student()  # the same init
-    ce = distill_student(ctx, ce_net, None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
+    ce = distill_student(ctx.workspace, ce_net, None, distill_config(CE_ONLY), ctx.run.sub("ce"), cfg.seed,
                          student_name=name, arch=arch)
     lap("ce")
     for t in (timings, timings["cpu"]):

@@ -31,18 +31,19 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from kdnas.config import SearchSettings, TrainerConfig, dataclass_from_node
-from kdnas.context import RunContext, to_object
+from kdnas import teachers
+from kdnas.config import TeacherConfig, TrainerConfig, dataclass_from_node
 from kdnas.data import Batch
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import accuracy_counts, lr_at
+from kdnas.engine.workspace import Workspace
 from kdnas.errors import CheckpointError, ConfigError, NonFiniteLossError
 from kdnas.progress import Progress, duration
 from kdnas.runs import RunDir
@@ -53,8 +54,10 @@ from kdnas.strategies.base import register_strategy
 from kdnas.strategies.cream.board import BoardEntry, CreamStrategy
 from kdnas.strategies.cream.meta import MetaMatching, cream_loss, lookahead_hypergradient
 from kdnas.strategies.cream.supernet import MacsTable, Supernet, recalibrate_bn
-from kdnas.teachers import load_teacher
 from kdnas.utils import atomic_write_json, derive_seed, read_jsonl
+
+if TYPE_CHECKING:
+    from kdnas.search import SearchJob
 
 log = logging.getLogger("kdnas")
 SCHEMA_VERSION = 1
@@ -114,37 +117,34 @@ def top1(logits: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * accuracy_counts(logits, y, 1)[0].item() / len(y)
 
 
-def supernet_recipe(cfg: DictConfig) -> TrainerConfig:
-    """Cream's supernet recipe, one rule for task=search and task=pipeline: ``trainer`` with the ``search.trainer``
-    overrides, the recipe the train evaluator's candidates get (in task=pipeline ``trainer`` alone is the winner's
-    retraining recipe)."""
-    return to_object(OmegaConf.merge(cfg.trainer, OmegaConf.select(cfg, "search.trainer") or {}), TrainerConfig)
-
-
 class CreamSearch:
-    """The search in ``run`` (default: ``ctx``'s run folder) with the supernet recipe ``trainer`` (default:
-    :func:`supernet_recipe`); ``space`` (default: the ``space`` group, else mbconv_cream) may be any MBConv space
-    object, e.g. a reduced one built in a script."""
+    """The search of ``settings`` in ``run`` (default: the workspace's run folder) with the supernet recipe
+    ``trainer`` (default: the workspace's; task=search and task=pipeline pass the candidates' recipe, one rule for
+    both); ``space`` (default: mbconv_cream) may be any MBConv space object, e.g. a reduced one built in a script.
+    ``teacher``: the run's teacher settings, read with ``external_teacher=true`` only; ``time_budget_s``: the search's
+    wall-clock cap (``search.time_budget_s``)."""
 
-    def __init__(self, ctx: RunContext, space: MBConvSpace | None = None, *, run: RunDir | None = None,
-                 trainer: TrainerConfig | None = None) -> None:
-        self.ctx, self.cfg, self.run_dir = ctx, cream_config(ctx.cfg.strategy), run or ctx.run
-        self.tcfg = trainer or supernet_recipe(ctx.cfg)
-        self.time_budget = SearchSettings.from_config(ctx.cfg.search).time_budget_s
+    def __init__(self, ws: Workspace, settings: CreamConfig, space: MBConvSpace | None = None, *,
+                 run: RunDir | None = None, trainer: TrainerConfig | None = None,
+                 teacher: TeacherConfig | None = None, time_budget_s: float | None = None) -> None:
+        self.ws, self.cfg, self.run_dir = ws, settings, run or ws.run
+        self.tcfg = trainer or ws.trainer_config
+        self.time_budget = time_budget_s
+        self.teacher_settings = teacher
         if self.tcfg.amp != "off":
             raise ConfigError("strategy=cream trains in full precision; set trainer.amp=off.")
         if self.tcfg.batch_size < 2 * self.cfg.slice_size:
             raise ConfigError(f"trainer.batch_size={self.tcfg.batch_size} must be at least 2 x strategy.slice_size "
                               f"({2 * self.cfg.slice_size}): the look-ahead trains and validates on two slices.")
-        space = space or space_from_config(ctx.cfg.space or {"name": "mbconv_cream"})
-        torch.manual_seed(derive_seed(ctx.cfg.seed, "init", "cream"))
-        self.supernet = Supernet(space, ctx.data.num_classes, ctx.data.input_size)
-        self.meta = MetaMatching(ctx.data.num_classes, self.cfg.slice_size)
-        self.trainer = ctx.trainer(self.supernet, trainer_cfg=self.tcfg, run=self.run_dir, label="cream supernet")
+        space = space or space_from_config({"name": "mbconv_cream"})
+        torch.manual_seed(derive_seed(ws.seed, "init", "cream"))
+        self.supernet = Supernet(space, ws.data.num_classes, ws.data.input_size)
+        self.meta = MetaMatching(ws.data.num_classes, self.cfg.slice_size)
+        self.trainer = ws.trainer(self.supernet, trainer_cfg=self.tcfg, run=self.run_dir, label="cream supernet")
         self.device = self.trainer.device
         self.meta.to(self.device)
         self.meta_optimizer = torch.optim.SGD(self.meta.parameters(), lr=self.cfg.meta_lr, momentum=0.9)
-        self.strategy = CreamStrategy(space, seed=ctx.cfg.seed, board_size=self.cfg.board_size, gap=self.cfg.gap,
+        self.strategy = CreamStrategy(space, seed=ws.seed, board_size=self.cfg.board_size, gap=self.cfg.gap,
                                       flops_max=self.cfg.flops_max)
         self.macs = MacsTable(self.supernet)
         self.warmup = warmup_epochs(self.cfg, self.tcfg.epochs)
@@ -152,27 +152,29 @@ class CreamSearch:
         self.minival = self._minival() if self.cfg.admission == "minival" else []
         self.mentor_net, self.mentor = self._mentor() if self.cfg.external_teacher else (None, None)
         self.history_path = self.run_dir.path / "history.jsonl"
-        self.log_fn = ctx.logger.for_run(self.run_dir)
+        self.log_fn = ws.log_for(self.run_dir) if ws.log_for is not None else self.run_dir.log
         self.seconds_before = 0.0  # search wall clock of earlier sessions (from the checkpoint)
         self.session_start = time.perf_counter()
         self.stopped_by: str | None = None
 
     def _minival(self) -> list[Batch]:
         """Mini-val batches of the training batch size, scored in turn (train-mode BN, as the batch score)."""
-        if self.ctx.data.num_samples("val") == 0:
+        if self.ws.data.num_samples("val") == 0:
             raise ConfigError("strategy.admission=minival needs a mini-val split: set data.val_fraction > 0.")
-        source = self.ctx.data.loader("val", self.tcfg.batch_size, train=False, seed=self.ctx.cfg.seed,
+        source = self.ws.data.loader("val", self.tcfg.batch_size, train=False, seed=self.ws.seed,
                                       device=self.device, channels_last=self.tcfg.channels_last)
         return list(source.epoch(0))
 
     def _mentor(self) -> tuple[nn.Module, BoardEntry]:
         """The external teacher as a fixed board entry, matched on the first training images (its score: its top-1
         on the first training batch, for the record only)."""
-        net = load_teacher(self.ctx).to(self.device, memory_format=self.trainer.memory_format)
+        if self.teacher_settings is None:
+            raise ConfigError("strategy.external_teacher=true needs the run's teacher (teacher=store|checkpoint).")
+        net = teachers.load(self.ws, self.teacher_settings).to(self.device, memory_format=self.trainer.memory_format)
         batch = next(iter(self.trainer.train_source.epoch(0)))
         with torch.no_grad():
             logits = net(batch.x)
-        flops = count_flops(net, self.ctx.data.input_size)["flops"]
+        flops = count_flops(net, self.ws.data.input_size)["flops"]
         images = batch.x[: self.cfg.slice_size]
         return net, BoardEntry(None, top1(logits, batch.y), flops, images,
                                F.softmax(logits[: self.cfg.slice_size], 1), -1)
@@ -312,12 +314,12 @@ class CreamSearch:
                  "meta_optimizer": self.meta_optimizer.state_dict(), "strategy": self.strategy.state_dict(),
                  "rng": torch.get_rng_state(), "seconds": self.seconds(), "stopped_by": self.stopped_by}
         save_checkpoint(self.run_dir.checkpoint_dir, f"epoch_{epoch + 1:04d}", model_state=self.supernet.state_dict(),
-                        state=state, meta={"epoch": epoch, "config_hash": self.ctx.config_hash})
+                        state=state, meta={"epoch": epoch, "config_hash": self.ws.config_hash})
 
     def restore(self, path: Path) -> int:
         """Load a checkpoint folder; return the next epoch to run."""
         model_state, state, meta = load_checkpoint(path)
-        if meta.get("config_hash") != self.ctx.config_hash:
+        if meta.get("config_hash") != self.ws.config_hash:
             raise CheckpointError(f"The checkpoint in {str(path)!r} was written by a different configuration. Resume "
                                   "with the same overrides, start a new run folder, or pass resume=false.")
         self.supernet.load_state_dict(model_state)
@@ -337,7 +339,7 @@ class CreamSearch:
 
     # -- the loop and its results --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        ckpt = latest_checkpoint(self.run_dir.checkpoint_dir) if self.ctx.resume else None
+        ckpt = latest_checkpoint(self.run_dir.checkpoint_dir) if self.ws.resume else None
         start = self.restore(ckpt) if ckpt is not None else 0
         if start == 0:
             self.history_path.unlink(missing_ok=True)
@@ -413,17 +415,24 @@ def plot_history(records: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-@register_strategy("cream")
+@register_strategy("cream", settings=CreamConfig)
 class Cream(CreamStrategy):
     """``strategy=cream``: :class:`CreamStrategy`'s ask/tell driven by its own supernet loop (:class:`CreamSearch`),
-    not by the shared loop; the supernet itself is the evaluator."""
+    not by the shared loop; the supernet itself is the evaluator, trained with the candidates' recipe (the training
+    evaluator's ``trainer``, hence that evaluator by default)."""
 
     own_loop = True
+    default_evaluator = "train"
 
     @classmethod
-    def search(cls, ctx: RunContext, run: RunDir, loop: Any = None) -> dict[str, Any]:
+    def search(cls, ws: Workspace, run: RunDir, job: SearchJob, loop: Any = None) -> dict[str, Any]:
         """The supernet search in ``run`` (``loop``, the shared one, is not used)."""
-        found = CreamSearch(ctx, run=run).run()
+        recipe = getattr(job.evaluator, "trainer", None)
+        if not isinstance(recipe, TrainerConfig):
+            raise ConfigError("strategy=cream trains its supernet with the candidates' training recipe: it runs with "
+                              "the training evaluator (its default), not a proxy. Drop the proxy evaluator setting.")
+        found = CreamSearch(ws, cream_config(job.strategy), job.space, run=run, trainer=recipe, teacher=job.teacher,
+                            time_budget_s=job.settings.time_budget_s).run()
         if "best_arch_path" not in found:
             raise ConfigError("strategy=cream ended with an empty board: its search stopped during the warm-up (no "
                               "path is admitted before). Set strategy.warmup_epochs=0 or a shorter warm-up, or raise "
