@@ -51,6 +51,7 @@ from kdnas.runs import RunDir
 from kdnas.search import run_search
 from kdnas.spaces import Arch, create_space
 from kdnas.strategies import create_strategy
+from kdnas.tasks.search import teacher_settings, train_settings, worker_recipe
 from kdnas.utils import derive_seed
 
 SEED = 0
@@ -97,8 +98,9 @@ def context(root: Path, teacher: str, ckpt: Path, cache: str, threads: int, per_
 
 
 def evaluator(ctx: RunContext, seed: int, tag: str, pool: Any = None) -> TrainEvaluator:
-    return train_evaluator(ctx, create_space("resnet_cifar"), objective="kd", trainer={}, seed=seed,
-                           runs=ctx.run.sub(tag), pool=pool)
+    return train_evaluator(ctx.workspace, create_space("resnet_cifar"), train_settings(ctx, "kd"),
+                           teacher_settings(ctx), seed=seed, runs=ctx.run.sub(tag), pool=pool,
+                           worker=worker_recipe(ctx))
 
 
 def timed(ev: TrainEvaluator, archs: list[Arch]) -> float:

@@ -34,6 +34,7 @@ from kdnas.runs import RunDir
 from kdnas.spaces.base import Arch
 from kdnas.spaces.mbconv import CreamSpace, LayerSpec, make_divisible
 from kdnas.strategies.cream import CreamSearch
+from kdnas.strategies.cream.search import cream_config
 from kdnas.utils import derive_seed
 
 
@@ -60,8 +61,8 @@ def context(args: argparse.Namespace, name: str, epochs: int, strategy: dict[str
 
 def search(args: argparse.Namespace, space: NarrowCreamSpace, distill: bool) -> CreamSearch:
     strategy = {"name": "cream", "distill": distill, "warmup_epochs": 1, "meta_every": args.meta_every}
-    cream = CreamSearch(context(args, f"supernet-{'distill' if distill else 'plain'}", args.supernet_epochs,
-                                strategy), space)
+    ctx = context(args, f"supernet-{'distill' if distill else 'plain'}", args.supernet_epochs, strategy)
+    cream = CreamSearch(ctx.workspace, cream_config(strategy), space)
     cream.run()
     return cream
 
