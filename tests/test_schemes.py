@@ -53,7 +53,7 @@ def resnet8(weights: Path | None = None, seed: int = 0) -> torch.nn.Module:
 
 
 def test_dml_trains_every_peer(tmp_path: Path) -> None:
-    summary = run_scheme(tmp_path, "dml", "distill.schemes.students=[resnet8,resnet8]")
+    summary = run_scheme(tmp_path, "dml", "distill.dml.students=[resnet8,resnet8]")
     check_stages(tmp_path, summary, ["peer0", "peer1"])
     assert (tmp_path / "mutual" / "summary.json").is_file()
     _, state, _ = load_checkpoint(latest_checkpoint(tmp_path / "mutual" / "checkpoints"))
@@ -91,7 +91,7 @@ def test_mutual_objective_pulls_peers_together(kdnas_cache: Path) -> None:
 
 
 def test_born_again_generation_k_learns_from_generation_k_minus_1(tmp_path: Path) -> None:
-    summary = run_scheme(tmp_path, "born_again", "distill.schemes.generations=2")
+    summary = run_scheme(tmp_path, "born_again", "distill.born_again.generations=2")
     stages = check_stages(tmp_path, summary, ["gen0", "gen1", "gen2", "ensemble"])
     for k in (1, 2):
         previous = weights_sha256(resnet8(tmp_path / f"gen{k - 1}" / "model.safetensors"))
@@ -100,8 +100,8 @@ def test_born_again_generation_k_learns_from_generation_k_minus_1(tmp_path: Path
 
 
 def test_born_again_from_the_stored_teacher(tmp_path: Path) -> None:
-    summary = run_scheme(tmp_path, "born_again", "distill.schemes.gen0=teacher", "distill.schemes.generations=1",
-                         "distill.schemes.ensemble=false")
+    summary = run_scheme(tmp_path, "born_again", "distill.born_again.gen0=teacher", "distill.born_again.generations=1",
+                         "distill.born_again.ensemble=false")
     stages = check_stages(tmp_path, summary, ["gen0", "gen1"])
     assert stages["gen1"]["teacher"] == ["resnet8"] and "losses" not in stages["gen0"]
 
@@ -110,7 +110,7 @@ def test_born_again_from_the_stored_teacher(tmp_path: Path) -> None:
 
 
 def test_takd_chains_teacher_assistant_student(tmp_path: Path) -> None:
-    summary = run_scheme(tmp_path, "takd", "teacher.model=resnet14", "distill.schemes.assistant=resnet8")
+    summary = run_scheme(tmp_path, "takd", "teacher.model=resnet14", "distill.takd.assistant=resnet8")
     stages = check_stages(tmp_path, summary, ["assistant", "student"])
     assert stages["assistant"]["teacher"] == ["resnet14"] and stages["student"]["teacher"] == ["resnet8"]
     assert summary["table"][0]["stage"] == "teacher" and summary["teacher"] == ["resnet14"]
@@ -127,7 +127,7 @@ def scripted_evaluation(monkeypatch: pytest.MonkeyPatch, top1: Any) -> None:
 
 def test_label_refinery_stops_when_val_stops_improving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripted_evaluation(monkeypatch, itertools.repeat(50.0))
-    summary = run_scheme(tmp_path, "label_refinery", "distill.schemes.max_generations=4")
+    summary = run_scheme(tmp_path, "label_refinery", "distill.label_refinery.max_generations=4")
     check_stages(tmp_path, summary, ["gen0", "gen1"])
     assert not (tmp_path / "gen2").exists()
     assert summary["stopped"] == "no_improvement" and summary["best_generation"] == 0
@@ -137,8 +137,8 @@ def test_label_refinery_stops_when_val_stops_improving(tmp_path: Path, monkeypat
 
 def test_label_refinery_stops_at_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripted_evaluation(monkeypatch, itertools.count(10.0))
-    summary = run_scheme(tmp_path, "label_refinery", "distill.schemes.max_generations=2",
-                         "distill.schemes.soft_weight=0.5")
+    summary = run_scheme(tmp_path, "label_refinery", "distill.label_refinery.max_generations=2",
+                         "distill.label_refinery.soft_weight=0.5")
     check_stages(tmp_path, summary, ["gen0", "gen1", "gen2"])
     assert summary["stopped"] == "max_generations" and summary["best_generation"] == 2
 
@@ -156,7 +156,7 @@ def test_fitnet_stage1_trains_only_lower_layers_and_regressor(tmp_path: Path,
         return distill(ctx, student, *args, **kwargs)
 
     monkeypatch.setattr(fitnet_two_stage, "distill_student", spy)
-    summary = run_scheme(tmp_path, "fitnet_two_stage", "distill.schemes.hint_epochs=1")
+    summary = run_scheme(tmp_path, "fitnet_two_stage", "distill.fitnet_two_stage.hint_epochs=1")
     stages = check_stages(tmp_path, summary, ["hint", "kd"])
     lower = set(stages["hint"]["lower_layers"])
     assert {k.split(".")[0] for k in lower} == {"conv1", "bn1", "layer1", "layer2"}  # up to hint_stage=stage2
@@ -175,3 +175,39 @@ def test_fitnet_stage1_trains_only_lower_layers_and_regressor(tmp_path: Path,
     assert len(optimised) == len([k for k in params if k in lower]) + len(regressor)
     # stage 2 starts from stage 1's lower layers and the fresh init above them
     assert all(torch.equal(starts[1][k], hint[k] if k in lower else init[k]) for k in init)
+
+
+# -------------------------------------------------------------------------------------------- settings
+
+
+def test_every_scheme_has_its_own_settings_field() -> None:
+    """One schema per scheme, a DistillConfig field named after it (as the terms' ``distill.dkd.*``), and no other."""
+    import pkgutil
+    from dataclasses import fields
+
+    import kdnas.distill.schemes as schemes
+    from kdnas.distill.scheme_config import SCHEME_CONFIGS
+    from kdnas.distill.terms import DistillConfig
+
+    modules = {m.name for m in pkgutil.iter_modules(schemes.__path__)}
+    assert modules == set(SCHEME_CONFIGS) == set(schemes.SCHEMES.names())
+    assert all(schemes.SCHEMES.entry(name).settings is SCHEME_CONFIGS[name] for name in modules)
+    types = {f.name: f.type for f in fields(DistillConfig)}
+    assert all(types[name] in (schema, schema.__name__) for name, schema in SCHEME_CONFIGS.items())
+
+
+def test_scheme_settings_compose_typed_and_the_old_key_still_works(caplog: pytest.LogCaptureFixture) -> None:
+    from kdnas.api import CompositionError, compose
+    from kdnas.distill.terms import distill_config
+
+    cfg = distill_config(compose("distill", [*BASE, "distill=born_again", "distill.born_again.generations=5"]).distill)
+    assert cfg.born_again.generations == 5 and cfg.scheme == "born_again"
+    with pytest.raises(CompositionError, match="generation"):  # a typo fails at composition, before any work
+        compose("distill", [*BASE, "distill=born_again", "distill.born_again.generation=5"])
+    node = compose("distill", [*BASE, "distill=label_refinery", "distill.schemes.soft_weight=0.5",
+                               "distill.schemes.generations=2"]).distill
+    with caplog.at_level("WARNING", logger="kdnas"):
+        old = distill_config(node)
+    assert old.label_refinery.soft_weight == 0.5 and old.born_again.generations == 2
+    assert "distill.label_refinery.soft_weight=0.5" in caplog.text and "deprecated" in caplog.text
+    assert distill_config(old) == old  # migrated once: the old node is emptied

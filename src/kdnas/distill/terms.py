@@ -24,6 +24,15 @@ from kdnas.data import Batch, DataModule
 from kdnas.distill import functional as kdf
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.crd import CRDLoss
+from kdnas.distill.scheme_config import (
+    BornAgainConfig,
+    DeprecatedSchemeKeys,
+    DMLConfig,
+    FitNetTwoStageConfig,
+    LabelRefineryConfig,
+    TAKDConfig,
+    migrate_schemes,
+)
 from kdnas.errors import ConfigError
 from kdnas.models import Features
 from kdnas.proxies.diswot import semantic_form
@@ -84,20 +93,6 @@ class DisWOTConfig:
 
 
 @dataclass
-class SchemeConfig:
-    """Parameters of the multi-stage schemes (``distill.scheme=NAME``, :mod:`kdnas.distill.schemes`)."""
-
-    students: list[str] = field(default_factory=list)  # dml: the peers; [] = two copies of model.name
-    generations: int = 3  # born_again: generations after generation 0
-    gen0: str = "ce"  # born_again: generation 0 trained with CE (ce) or the configured teacher (teacher)
-    ensemble: bool = True  # born_again: also evaluate the mean-logit ensemble of all generations
-    assistant: str = "resnet14"  # takd: the teacher assistant
-    max_generations: int = 5  # label_refinery: cap on refined generations after the CE one
-    soft_weight: float = 1.0  # label_refinery: weight of the soft-target CE (1 - soft_weight on the labels)
-    hint_epochs: int = 30  # fitnet_two_stage: stage-1 hint epochs (RepDistiller init_epochs)
-
-
-@dataclass
 class DistillConfig:
     weights: LossWeights = field(default_factory=LossWeights)
     temperature: float = 4.0  # KD, DKD and oracle KD
@@ -110,8 +105,13 @@ class DistillConfig:
     hint_stage: str = "stage2"  # FitNet hint/guided stage (RepDistiller hint_layer=2)
     sp_stage: str = "last"  # SP reads the last stage (RepDistiller feat[-2])
     compare_ce: bool = False  # task=distill: also train the same student with CE alone
-    scheme: str = "none"  # none | a module of kdnas.distill.schemes
-    schemes: SchemeConfig = field(default_factory=SchemeConfig)  # the schemes' parameters
+    scheme: str = "none"  # none | a module of kdnas.distill.schemes; its parameters are distill.<scheme>.*
+    dml: DMLConfig = field(default_factory=DMLConfig)
+    born_again: BornAgainConfig = field(default_factory=BornAgainConfig)
+    takd: TAKDConfig = field(default_factory=TAKDConfig)
+    label_refinery: LabelRefineryConfig = field(default_factory=LabelRefineryConfig)
+    fitnet_two_stage: FitNetTwoStageConfig = field(default_factory=FitNetTwoStageConfig)
+    schemes: DeprecatedSchemeKeys = field(default_factory=DeprecatedSchemeKeys)  # deprecated: distill.<scheme>.*
 
 
 def register_schema() -> None:
@@ -147,7 +147,7 @@ def distill_config(node: Any) -> DistillConfig:
         raise ConfigError("Every distill.weights.* is 0: nothing to minimise. Set e.g. distill.weights.ce=1.")
     if cfg.temperature <= 0:
         raise ConfigError(f"distill.temperature={cfg.temperature} must be > 0 (4 is the usual value).")
-    return cfg
+    return migrate_schemes(cfg)
 
 
 def active_weights(cfg: DistillConfig) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """Multi-stage distillation schemes, run with ``task=distill distill=NAME``: ``dml``, ``born_again``, ``takd``,
 ``label_refinery``, ``fitnet_two_stage``.
 
-Each module has ``run(ws, distill, *, model, student, teacher) -> summary`` (a Workspace and typed settings) and
+Each module has ``run(ws, distill, *, model, student, teacher) -> summary`` (a Workspace and typed settings; the
+scheme's own parameters are ``distill.<name>.*``, :mod:`kdnas.distill.scheme_config`) and
 trains its stages with :func:`kdnas.distill.student.distill_student` (or the engine directly when the loss is not a
 sum of terms), one sub-folder of the run per stage (weights, model card, metrics, checkpoints, ``summary.json``).
 The top-level summary holds the scheme's ``table`` (one row per stage), also written as ``table.md``.
@@ -17,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from kdnas.distill.scheme_config import SCHEME_CONFIGS
 from kdnas.engine.trainer import Trainer
 from kdnas.engine.workspace import Workspace
 from kdnas.registry import Registry
@@ -28,9 +30,11 @@ log = logging.getLogger("kdnas")
 
 
 def _register_schemes() -> None:
-    """Every module of this package is a scheme, named after the module; its ``run`` is the entry point."""
+    """Every module of this package is a scheme, named after the module; its ``run`` is the entry point and its
+settings are ``distill.<name>`` (:data:`~kdnas.distill.scheme_config.SCHEME_CONFIGS`)."""
     for module in pkgutil.iter_modules(__path__):
-        SCHEMES.add(module.name, importlib.import_module(f"{__name__}.{module.name}").run)
+        SCHEMES.add(module.name, importlib.import_module(f"{__name__}.{module.name}").run,
+                    settings=SCHEME_CONFIGS[module.name])
 
 
 # distill.scheme -> the scheme's run function; each has a conf/distill/<name>.yaml preset (tests/test_registries.py).

@@ -1,12 +1,9 @@
-"""Born-again networks (Furlanello et al. ICML 2018, "Born-Again Neural Networks"), ``distill=born_again``.
-
-Generation 0 is the student network trained with CE (``distill.schemes.gen0=ce``) or the configured teacher
-(``gen0=teacher``: teacher=store/checkpoint); generation ``k = 1..distill.schemes.generations`` is the same
-student network distilled from generation ``k - 1`` with the configured terms (the preset: the teacher's
-soft outputs alone, KL at T = 1, as the paper's BAN); every generation starts from the student's seeded init
-and draws its own data order. With ``distill.schemes.ensemble`` the mean-logit
-ensemble of every generation (the paper's BANE) is evaluated too. Folders ``gen0`` .. ``genN`` and
-``ensemble``; every distilled generation records its teacher's weights hash (``teacher_sha256``).
+"""Born-again networks (Furlanello et al. ICML 2018), ``distill=born_again``: generation ``k`` (1 ..
+``distill.born_again.generations``) is the student network distilled from generation ``k - 1`` (the preset: KL at
+T = 1, the paper's BAN); generation 0 is trained with CE (``gen0=ce``) or is the configured teacher
+(``gen0=teacher``). Every generation starts from the student's seeded init and draws its own data order;
+``ensemble`` also evaluates the mean-logit ensemble of all generations (BANE). Folders ``gen0`` .. ``genN`` and
+``ensemble``; each distilled generation records its teacher's weights hash (``teacher_sha256``).
 """
 
 from __future__ import annotations
@@ -27,10 +24,10 @@ from kdnas.utils import derive_seed
 
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
-    cfg, s = distill, distill.schemes
+    cfg, s = distill, distill.born_again
     if s.generations < 1 or s.gen0 not in ("ce", "teacher"):
-        raise ConfigError(f"distill=born_again needs distill.schemes.generations >= 1 (got {s.generations}) and "
-                          f"distill.schemes.gen0 one of ce, teacher (got {s.gen0!r}).")
+        raise ConfigError(f"distill=born_again needs distill.born_again.generations >= 1 (got {s.generations}) and "
+                          f"distill.born_again.gen0 one of ce, teacher (got {s.gen0!r}).")
     make_student, name, _ = student_factory(ws, model, student)
     gen0 = ws.run.sub("gen0")
     if s.gen0 == "teacher":

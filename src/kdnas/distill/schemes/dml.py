@@ -1,17 +1,12 @@
-"""Deep mutual learning (Zhang et al. CVPR 2018, "Deep Mutual Learning"), ``distill=dml``.
+"""Deep mutual learning (Zhang et al. CVPR 2018), ``distill=dml``: two or more peers (``distill.dml.students``,
+default two copies of ``model``) learn together without a pre-trained teacher; peer ``k`` minimises
+``w_ce * CE(z_k, y) + w_kd * mean_{l != k} kd(z_k, z_l, T)`` with the others' logits detached.
 
-Two or more students (``distill.schemes.students``, default two copies of ``model``) learn together, with
-no pre-trained teacher: peer ``k`` minimises ``w_ce * CE(z_k, y) + w_kd * mean_{l != k} kd(z_k, z_l, T)``
-with the others' logits ``z_l`` detached (:func:`~kdnas.distill.functional.kd`, ``distill.weights.ce`` /
-``.kd``, ``distill.temperature``; the paper's T is 1). The objective minimises the sum over peers: each
-peer's gradient is that of its own loss, so one joint optimiser over all peers takes the same steps as the
-paper's one optimiser per peer, updated simultaneously rather than in turn.
-
-Engine mapping: the trainer's model is peer 0 and the other peers are submodules of
-:class:`MutualObjective`, so the engine optimises, checkpoints and resumes them all together. The shared run
-is ``mutual/`` (metrics, checkpoints, peer 0's best/last); ``peer{k}/`` holds each peer's weights, card and
-final top-1. Peers are zoo or ``timm:`` names; peer ``k > 0`` draws its init from its own seed, so that copies of
-one network start apart.
+One joint optimiser over the sum of the peers' losses takes the same steps as the paper's one optimiser per peer
+(each peer's gradient is that of its own loss), updated simultaneously. The trainer's model is peer 0 and the
+other peers are submodules of :class:`MutualObjective`, so they are optimised, checkpointed and resumed together.
+Folders: ``mutual/`` (the shared run) and ``peer{k}/`` (each peer's weights, card and top-1); peer ``k > 0`` draws
+its init from its own seed.
 """
 
 from __future__ import annotations
@@ -60,9 +55,9 @@ class MutualObjective(Objective):
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
     cfg = distill
-    names = list(cfg.schemes.students) or [str(model.name)] * 2
+    names = list(cfg.dml.students) or [str(model.name)] * 2
     if len(names) < 2:
-        raise ConfigError(f"distill=dml needs >= 2 peers, got distill.schemes.students={names}.")
+        raise ConfigError(f"distill=dml needs >= 2 peers, got distill.dml.students={names}.")
     if extra := set(active_weights(cfg)) - {"ce", "kd"}:
         raise ConfigError(f"distill=dml trains its peers with the ce and kd weights only; set distill.weights of "
                           f"{sorted(extra)} to 0.")

@@ -1,12 +1,9 @@
-"""FitNets' two-stage training (Romero et al. ICLR 2015, "FitNets: Hints for Thin Deep Nets", Sec. 2.2-2.3),
-``distill=fitnet_two_stage``.
+"""FitNets' two-stage training (Romero et al. ICLR 2015, Sec. 2.2-2.3), ``distill=fitnet_two_stage``.
 
-Stage 1 (``hint``): the student's lower layers, up to its guided layer ``distill.hint_stage``, are trained
-with the regressor alone to match the teacher's hint layer, ``MSE(r(guided), hint)`` (the ``fitnet`` term,
-weight 1, as RepDistiller's init), for ``distill.schemes.hint_epochs`` epochs; every other student weight is
-frozen. Stage 2 (``kd``): a fresh student takes stage 1's lower layers (weights and BN statistics) and is
-trained whole with the configured terms (the preset: KD). Folders ``hint`` and ``kd``; the regressor is
-dropped after stage 1.
+Stage 1 (``hint``): only the student's layers up to its guided layer ``distill.hint_stage`` (and the regressor)
+train, on ``MSE(r(guided), hint)`` alone, for ``distill.fitnet_two_stage.hint_epochs`` epochs. Stage 2 (``kd``): a
+fresh student takes stage 1's lower layers (weights and BN statistics) and trains whole with the configured terms
+(the preset: KD); the regressor is dropped. Folders ``hint`` and ``kd``.
 """
 
 from __future__ import annotations
@@ -43,8 +40,8 @@ def lower_state_keys(net: nn.Module, stage: str, input_size: int) -> set[str]:
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
     cfg = distill
-    if cfg.schemes.hint_epochs < 1:
-        raise ConfigError(f"distill.schemes.hint_epochs={cfg.schemes.hint_epochs} must be >= 1.")
+    if cfg.fitnet_two_stage.hint_epochs < 1:
+        raise ConfigError(f"distill.fitnet_two_stage.hint_epochs={cfg.fitnet_two_stage.hint_epochs} must be >= 1.")
     make_student, name, _ = student_factory(ws, model, student)
     frozen, seed = teachers.load(ws, teacher), ws.seed
     net = make_student()
@@ -52,7 +49,7 @@ def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: S
     for key, p in net.named_parameters():
         p.requires_grad_(key in lower)
     hint_cfg = replace(cfg, weights=LossWeights(ce=0.0, fitnet=1.0))
-    hint_trainer = replace(ws.trainer_config, epochs=cfg.schemes.hint_epochs)
+    hint_trainer = replace(ws.trainer_config, epochs=cfg.fitnet_two_stage.hint_epochs)
     hint_run, kd_run = ws.run.sub("hint"), ws.run.sub("kd")
     hint = distill_student(ws, net, frozen, hint_cfg, hint_run, seed, student_name=name, trainer_cfg=hint_trainer)
     init = {k: v for k, v in net.state_dict().items() if k in lower}

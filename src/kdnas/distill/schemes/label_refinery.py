@@ -1,13 +1,9 @@
-"""Label refinery (Bagherinezhad et al. 2018, "Label Refinery: Improving ImageNet Classification through Label
-Progression"), ``distill=label_refinery``.
-
-Generation 0 is the student trained with CE on the labels; generation ``k`` is the same network trained
-from scratch on generation ``k - 1``'s predictions for the very crops it sees:
-``soft_weight * soft_target_ce(z, softmax(z_prev)) + (1 - soft_weight) * CE(z, y)``
-(:func:`~kdnas.distill.functional.soft_target_ce`; ``distill.schemes.soft_weight``, 1 = the paper's
-predictions only). Generations go on while the selection split's last top-1 (mini-val; test when
-``data.val_fraction=0``) improves on every earlier generation's, at most ``distill.schemes.max_generations``
-after generation 0. Folders ``gen0`` .. ``genN``.
+"""Label refinery (Bagherinezhad et al. 2018), ``distill=label_refinery``: generation 0 is the student trained
+with CE; generation ``k`` is the same network trained from scratch on generation ``k - 1``'s predictions for the
+very crops it sees, ``soft_weight * soft_target_ce(z, softmax(z_prev)) + (1 - soft_weight) * CE(z, y)``
+(``distill.label_refinery.soft_weight``; 1 = the paper's). Generations go on while the selection split's last
+top-1 improves on every earlier one, at most ``distill.label_refinery.max_generations`` after generation 0.
+Folders ``gen0`` .. ``genN``.
 """
 
 from __future__ import annotations
@@ -49,10 +45,11 @@ class RefineryObjective(Objective):
 
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
-    s = distill.schemes
+    s = distill.label_refinery
     if s.max_generations < 1 or not 0.0 <= s.soft_weight <= 1.0:
-        raise ConfigError(f"distill=label_refinery needs distill.schemes.max_generations >= 1 (got "
-                          f"{s.max_generations}) and 0 <= distill.schemes.soft_weight <= 1 (got {s.soft_weight}).")
+        raise ConfigError(f"distill=label_refinery needs distill.label_refinery.max_generations >= 1 (got "
+                          f"{s.max_generations}) and 0 <= distill.label_refinery.soft_weight <= 1 (got "
+                          f"{s.soft_weight}).")
     make_student, name, _ = student_factory(ws, model, student)
     device = resolve_device(ws.trainer_config.device)
     rows: list[dict[str, Any]] = []

@@ -1,9 +1,6 @@
-"""Teacher-assistant KD (Mirzadeh et al. AAAI 2020, "Improved Knowledge Distillation via Teacher Assistant"),
-``distill=takd``.
-
-When the teacher is much larger than the student, distil in two steps: the configured teacher teaches an
-intermediate-size assistant (``distill.schemes.assistant``), which then teaches the student (``model`` or
-``student.arch``); both steps use the configured terms. Folders ``assistant`` and ``student``.
+"""Teacher-assistant KD (Mirzadeh et al. AAAI 2020), ``distill=takd``: the configured teacher teaches an
+intermediate-size assistant (``distill.takd.assistant``), which then teaches the student; both steps use the
+configured terms. Folders ``assistant`` and ``student``.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from kdnas.models import build_model
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
     cfg = distill
-    seed, ta_name = ws.seed, cfg.schemes.assistant
+    seed, ta_name = ws.seed, cfg.takd.assistant
     frozen = teachers.load(ws, teacher)
     assistant, ta_run = build_model(ModelConfig(name=ta_name), ws.data.num_classes, seed), ws.run.sub("assistant")
     ta = distill_student(ws, assistant, frozen, cfg, ta_run, seed, student_name=ta_name)
