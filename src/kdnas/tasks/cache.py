@@ -1,12 +1,8 @@
-"""task=cache: what ``paths.cache_dir`` holds, and pruning it.
+"""task=cache: list what ``paths.cache_dir`` holds (kind, size, age) and prune it (``cache.prune.older_than_days``,
+``cache.prune.max_gb``, ``cache.prune.kinds``, ``cache.prune.dry_run``).
 
-Lists every entry with its kind, size and age (time since it was last written): ``teacher_logits`` (one file per
-teacher, data, aug seed and epoch), ``evals`` (one folder per evaluator fingerprint: a search's candidate
-results), ``teachers`` (the teacher store) and ``data`` (decoded data sets). ``cache.prune.older_than_days=N``
-removes the entries older than N days; ``cache.prune.max_gb=G`` then removes the oldest entries until the total is
-at most G GB; ``cache.prune.kinds`` limits both to some kinds; ``cache.prune.dry_run=true`` only says what would
-go. An entry another job holds (being built: its ``.lock``; in use by a running search or distillation: its
-``.hold``, see :mod:`kdnas.distill.cache`) is never removed, and is listed as held.
+Invariants: an entry another job holds (its ``.lock`` while being built, its ``.hold`` while in use; see
+:mod:`kdnas.distill.cache`) is never removed and is listed as held; listing creates no lock files.
 """
 
 from __future__ import annotations

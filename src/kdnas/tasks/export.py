@@ -1,16 +1,9 @@
-"""task=export: build a network from a trained run folder (or an arch JSON) and write it out for deployment.
+"""task=export: rebuild a trained network from its run folder (``export.run_dir``; its ``arch.json``/``model.json``)
+or an arch JSON (``export.arch``) and write ``model.json``, ``arch.json`` (searched archs), ``model.safetensors`` and
+``model.onnx`` (logits only, dynamic batch, checked with ``onnx.checker``) into this run's folder, with params,
+MACs/FLOPs and CPU latency at batch 1 (look-up table and live rounds with their spread).
 
-    kdnas task=export export.run_dir=DIR      # a train/distill run, or a pipeline's distill/ folder
-    kdnas task=export export.run_dir=DIR export.arch=PATH   # a run folder without arch.json: its arch JSON
-    kdnas task=export export.arch=PATH export.allow_untrained=true   # the untrained network, on purpose
-
-Writes into this run's folder: ``model.json`` (the network, ``trained``, the weights' sha256), ``arch.json``
-(searched archs; with ``num_classes`` and ``input_size``), ``model.safetensors`` and ``model.onnx``:
-``torch.onnx.export`` of a logits-only wrapper with a dynamic batch dimension (input ``input``
-[batch, 3, H, W], output ``logits``), checked with ``onnx.checker``. Exporting without trained weights is
-refused unless ``export.allow_untrained=true`` (it once exported random weights silently). The summary reports
-params, MACs/FLOPs (FLOPs = 2 x MACs) and CPU latency at batch 1: the look-up table's figure (what searches
-decide by) and a live measurement over several rounds with its spread, marked ``noisy`` when the rounds disagree.
+Invariant: untrained (randomly initialised) weights are exported only with ``export.allow_untrained=true``.
 """
 
 from __future__ import annotations
