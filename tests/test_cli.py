@@ -52,7 +52,7 @@ def test_version() -> None:
 def test_help_is_kdnas_own(tmp_path: Path) -> None:
     """Tasks, five example commands and the groups with the options they accept; no internal *_schema options."""
     from kdnas.tasks import TASKS
-    from kdnas.tasks.list_things import TASK_HELP
+    from kdnas.tasks.listing import TASK_HELP
 
     assert set(TASK_HELP) == set(TASKS)
     proc = kdnas_cli("--help", cwd=tmp_path)

@@ -18,7 +18,15 @@ from torch import Tensor, nn
 from kdnas.data import Batch
 from kdnas.distill import functional as kdf
 from kdnas.distill.crd import nce_loss
-from kdnas.distill.terms import DistillConfig, TeacherOutput, TermContext, build_terms, distill_config, dkd_beta, probe
+from kdnas.distill.terms import (
+    DistillConfig,
+    TeacherOutput,
+    TermContext,
+    blank_features,
+    build_terms,
+    distill_config,
+    dkd_beta,
+)
 from kdnas.errors import ConfigError
 from kdnas.models import FeatureNet, create_model
 
@@ -528,8 +536,8 @@ def test_crd_nce_loss_hand_computed() -> None:
 
 
 def _term_context(cfg: DistillConfig, student: FeatureNet, teacher: FeatureNet) -> TermContext:
-    return TermContext(cfg, probe(student, 32), probe(teacher, 32), student.stage_names, teacher.stage_names,
-                       ("resnet20", "resnet8"), data=None, split="train", seed=0)  # type: ignore[arg-type]
+    return TermContext(cfg, blank_features(student, 32), blank_features(teacher, 32), student.stage_names,
+                       teacher.stage_names, ("resnet20", "resnet8"), data=None, split="train", seed=0)  # type: ignore[arg-type]
 
 
 def test_every_term_computes_its_function_on_the_configured_inputs() -> None:

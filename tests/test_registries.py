@@ -1,11 +1,12 @@
-"""Every registry against its config options, with ``==`` both ways: a model, space, strategy, proxy, loss term or
-scheme added without its option file (or an option file without its registered name) fails here, and the tests
-parametrized over the registries (here and in test_models/test_spaces/test_proxies) pick a new entry up."""
+"""Every registry against its config options, with ``==`` both ways (a model, space, strategy, proxy, loss term,
+scheme or data set added without its option file, or an option file without its registered name, fails here), the
+option schemas the registries store (typos and wrong types fail at composition), and the tests parametrized over the
+registries (here and in test_models/test_spaces/test_proxies) that pick a new entry up."""
 
 from __future__ import annotations
 
 import dataclasses
-import pkgutil
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +14,27 @@ import pytest
 from omegaconf import OmegaConf
 
 import kdnas.conf
-import kdnas.distill.schemes
-from kdnas.distill.terms import TERMS, LossWeights
+from kdnas.api import compose
+from kdnas.data.datasets import BUILDERS
+from kdnas.distill.schemes import SCHEMES
+from kdnas.distill.terms import LOSS_TERMS, LossWeights
 from kdnas.errors import ConfigError
-from kdnas.models import list_models
-from kdnas.proxies import list_proxies
-from kdnas.spaces import Arch, create_space, list_spaces
-from kdnas.strategies import create_strategy
+from kdnas.models import MODELS
+from kdnas.proxies import PROXIES
+from kdnas.registry import NoSettings, Registry, registries
+from kdnas.spaces import SPACES, Arch, create_space, list_spaces
+from kdnas.strategies import STRATEGIES, create_strategy
 from kdnas.strategies.base import list_strategies
+from kdnas.tasks.listing import group_options
 
 CONF = Path(kdnas.conf.__file__).parent
-# Registered names without an option file of their own, and option files that are not registered names; each says
-# why. Anything else on either side is a mismatch.
-MODEL_EXTRA_OPTIONS = {"timm"}  # any timm network: model.name=timm:<name>, not a registry entry
-MODELS_WITHOUT_OPTION = {"mobilenetv2_w1"}  # width 1.0 variant, selected with model.name=mobilenetv2_w1
-PROXY_BASE_FILES = {"common"}  # the settings every proxy file extends, not a proxy
-SUPERNET_STRATEGIES = {"cream"}  # weight-sharing: run by task=search itself, not an ask/tell registry entry
+# Option files that are not registered names; each says why. Anything else on either side is a mismatch.
+EXTRA_OPTIONS = {
+    "model": {"timm"},  # any timm network: model.name=timm:<name>, not a registry entry
+    "proxy": {"common"},  # the settings every proxy file extends, not a proxy
+}
+# registry -> the config group whose option files are its names (stem == registered name == the option's `name`).
+GROUPS = {MODELS: "model", SPACES: "space", STRATEGIES: "strategy", PROXIES: "proxy", BUILDERS: "data"}
 
 
 def options(group: str) -> set[str]:
@@ -36,8 +42,8 @@ def options(group: str) -> set[str]:
 
 
 def option_value(group: str, option: str, key: str, default: Any = None) -> Any:
-    """``key`` of a group option as it composes: its own value, else the first same-group default's (no Hydra
-    compose: a second per option on this machine)."""
+    """``key`` of a group option as its file sets it, else the first same-group default's (no Hydra compose: a second
+    per option on this machine)."""
     node = OmegaConf.load(CONF / group / f"{option}.yaml")
     if key in node:
         return node[key]
@@ -47,38 +53,111 @@ def option_value(group: str, option: str, key: str, default: Any = None) -> Any:
     return default
 
 
-def test_model_options_are_the_model_registry() -> None:
-    assert options("model") - MODEL_EXTRA_OPTIONS == set(list_models()) - MODELS_WITHOUT_OPTION
-    assert {o: option_value("model", o, "name") for o in options("model") - MODEL_EXTRA_OPTIONS} == {
-        o: o for o in options("model") - MODEL_EXTRA_OPTIONS}
+def test_every_registry_is_checked_here() -> None:
+    """A new registry needs a row below (its options, or what else its names must equal)."""
+    assert set(registries().values()) == {*GROUPS, LOSS_TERMS, SCHEMES}
 
 
-def test_space_options_are_the_space_registry() -> None:
-    assert options("space") == set(list_spaces())
-    assert {o: option_value("space", o, "name") for o in options("space")} == {o: o for o in options("space")}
-
-
-def test_proxy_options_are_the_proxy_registry() -> None:
-    assert options("proxy") - PROXY_BASE_FILES == set(list_proxies())
-    assert {o: option_value("proxy", o, "name") for o in options("proxy") - PROXY_BASE_FILES} == {
-        o: o for o in options("proxy") - PROXY_BASE_FILES}
-
-
-def test_strategy_options_name_every_registered_strategy() -> None:
-    named = {option_value("strategy", o, "name") for o in options("strategy")}
-    assert named == set(list_strategies()) | SUPERNET_STRATEGIES
+@pytest.mark.parametrize("registry", list(GROUPS), ids=lambda r: r.kind)
+def test_group_options_are_the_registry(registry: Registry[Any]) -> None:
+    """Option stems == registered names, and each option's ``name`` is its stem."""
+    group = GROUPS[registry]
+    named = options(group) - EXTRA_OPTIONS.get(group, set())
+    assert named == set(registry.names())
+    assert {o: option_value(group, o, "name") for o in named} == {o: o for o in named}
 
 
 def test_loss_weights_are_the_loss_terms() -> None:
     """``distill.weights.<term>`` exists exactly for the registered loss terms (0 = off)."""
-    assert {f.name for f in dataclasses.fields(LossWeights)} == set(TERMS)
+    assert {f.name for f in dataclasses.fields(LossWeights)} == set(LOSS_TERMS.names())
 
 
-def test_distill_options_cover_the_schemes() -> None:
-    """Every module of kdnas.distill.schemes has a ``distill=`` preset, and every preset's scheme exists."""
-    schemes = {m.name for m in pkgutil.iter_modules(kdnas.distill.schemes.__path__)}
-    named = {option_value("distill", o, "scheme", "none") for o in options("distill")}
-    assert named - {"none"} == schemes
+def test_distill_presets_are_the_schemes() -> None:
+    """Every registered scheme has its ``distill=<scheme>`` preset and every preset's scheme is registered."""
+    named = {o: option_value("distill", o, "scheme", "none") for o in options("distill")}
+    assert {s for s in named.values() if s != "none"} == set(SCHEMES.names())
+    assert all(named[s] == s for s in SCHEMES.names())
+
+
+def _keyword_defaults(cls: type, skip: set[str]) -> dict[str, Any]:
+    """The keyword arguments a class accepts through its ``__init__`` chain, with their defaults (the most derived
+    class's default wins)."""
+    out: dict[str, Any] = {}
+    for c in reversed(cls.__mro__):
+        if "__init__" in vars(c):
+            out.update({n: p.default for n, p in inspect.signature(c.__init__).parameters.items()
+                        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and n not in skip | {"self"}})
+    return out
+
+
+def _as_list(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+@pytest.mark.parametrize("name", [*SPACES.names(), *list_strategies()])
+def test_settings_are_the_constructor_keywords(name: str) -> None:
+    """A space's or an ask/tell strategy's settings dataclass (its composition schema) has exactly the keyword
+    arguments of what it builds, with the same defaults: a composed config builds what the bare class would."""
+    registry = SPACES if name in SPACES else STRATEGIES
+    entry = registry.entry(name)
+    settings = (entry.settings or NoSettings)()
+    expected = _keyword_defaults(entry.obj, {"space", "constraint", "costs", "seed"})
+    assert {k: _as_list(v) for k, v in expected.items()} == dataclasses.asdict(settings)
+
+
+@pytest.mark.parametrize("group", ["space", "strategy", "constraint", "model", "distill"])
+def test_unknown_key_fails_at_composition(group: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{group}\.not_a_key.*{group} takes: "):
+        compose(None, [f"{group}.not_a_key=1"])
+
+
+@pytest.mark.parametrize("override", ["space.depths=abc", "strategy.population=many", "constraint.params_max=big",
+                                      "model.pretrained=maybe", "distill.temperature=hot",
+                                      "strategy=akd strategy.hidden=wide", "space=nb201 space.C=x"])
+def test_wrong_type_fails_at_composition(override: str) -> None:
+    """Typed per option: before, space/strategy/constraint were ``Any`` and these composed, failing only in the task."""
+    key = override.split()[-1].split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}"):
+        compose(None, override.split())
+
+
+def test_a_typo_in_an_experiment_file_fails_at_composition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "typo.yaml").write_text(
+        "# @package _global_\ntask: search\nstrategy:\n  populaton: 8\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="populaton"):
+        compose(None, ["experiment=typo"])
+
+
+def test_an_added_key_is_refused_when_the_option_is_built() -> None:
+    """``+strategy.key=...`` passes Hydra's composition (an addition); the registry refuses it in one paragraph."""
+    cfg = compose(None, ["+strategy.populaton=8"])
+    with pytest.raises(ConfigError, match=r"strategy\.populaton for search strategy 'diswot'; it accepts .*"
+                                          r"strategy\.population") as e:
+        create_strategy(cfg.strategy, create_space("resnet_cifar"))
+    assert "\n" not in str(e.value)
+
+
+def test_schemas_are_not_options() -> None:
+    """The option schemas live under schema/, which `task=list` and `kdnas --help` leave out."""
+    groups = group_options()
+    assert "schema" not in groups and not any("schema" in o for opts in groups.values() for o in opts)
+    with pytest.raises(ConfigError):
+        compose(None, ["space=schema"])
+
+
+def test_unknown_name_is_one_paragraph_with_the_known_names() -> None:
+    with pytest.raises(ConfigError) as e:
+        create_space("resnet_cifr")
+    message = str(e.value)
+    assert "\n" not in message and "space.name" in message and "Did you mean resnet_cifar" in message
+    assert all(name in message for name in SPACES.names())
+
+
+def test_a_name_registers_once() -> None:
+    with pytest.raises(ValueError, match="registered twice"):
+        SPACES.add("resnet_cifar", create_space)
 
 
 def _reward(archs: list[Arch]) -> list[dict[str, Any]]:

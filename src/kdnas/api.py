@@ -8,6 +8,7 @@ None; once every job has run, the CLI learns which failed (kdnas.callbacks) and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -29,23 +30,39 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from kdnas import __version__
 from kdnas.config import NO_USER_CONF_WARNING, register_configs
 from kdnas.context import RunContext, config_hash
-from kdnas.distill.terms import register_schema as register_distill_schema
+from kdnas.distill.terms import DistillConfig
 from kdnas.engine import distributed
 from kdnas.errors import ConfigError, KdnasError, storage_error
+from kdnas.registry import store_schema
 from kdnas.runs import RunDir, job_folders, safe_dirname
+from kdnas.spaces import SPACES
+from kdnas.spaces.constraints import Constraint
+from kdnas.strategies import STRATEGIES
 from kdnas.tasks import get_task
 from kdnas.utils import read_json, resolve_device
 
 log = logging.getLogger("kdnas")
-register_configs()
-register_distill_schema()  # the distill group's schema lives with its loss terms (config.py imports no feature)
+
+
+def register_schemas() -> None:
+    """Every schema in Hydra's ConfigStore before the first composition: the root's (config.py), one per group whose
+    options are presets of one dataclass, and the space and strategy registries' (stored as their modules register
+    each option; config.py imports no feature, so the task layer does this)."""
+    register_configs()
+    store_schema("distill", DistillConfig)
+    store_schema("constraint", Constraint)
+    for registry in (SPACES, STRATEGIES):
+        registry.load()
+
+
+register_schemas()
 warnings.filterwarnings("ignore", message=NO_USER_CONF_WARNING)
 # OSErrors of the disk or folder (full, quota, read-only, no permission): the user's to fix, not a bug.
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _help_tasks() -> str:
-    from kdnas.tasks.list_things import format_tasks
+    from kdnas.tasks.listing import format_tasks
 
     return format_tasks()
 
@@ -62,7 +79,7 @@ def _help_groups() -> str:
 
 @functools.lru_cache(maxsize=16)
 def _groups_listing(search_path: tuple[str, ...]) -> str:
-    from kdnas.tasks.list_things import format_groups
+    from kdnas.tasks.listing import format_groups
 
     return format_groups()
 
@@ -237,6 +254,10 @@ def composition_error(e: Exception) -> CompositionError:
     """Hydra's composition failure (message and cause) as one paragraph."""
     parts = [str(e), str(e.__cause__ or "")]
     text = " ".join(" ".join(line.strip() for line in part.splitlines() if line.strip()) for part in parts if part)
+    schema, full_key = getattr(e.__cause__, "object_type", None), getattr(e.__cause__, "full_key", None)
+    if dataclasses.is_dataclass(schema) and full_key and "." in str(full_key):  # a key the option's schema lacks
+        group = str(full_key).rsplit(".", 1)[0]
+        text += f" {group} takes: {', '.join(f.name for f in dataclasses.fields(schema))}."
     return CompositionError(f"{text} Fix the override (`kdnas --help` lists the groups and their options; "
                             "`kdnas OVERRIDES --cfg job` prints the composed config).")
 
@@ -318,7 +339,7 @@ def run(task: str, overrides: Sequence[str] = (), run_dir: str | Path | None = N
     args = [f"task={task}", *overrides]
     cfg, hydra_node = _compose(args)
     if cfg.task == "list":
-        from kdnas.tasks.list_things import listing
+        from kdnas.tasks.listing import listing
 
         return listing(cfg)
     if run_dir is None:

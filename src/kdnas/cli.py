@@ -28,7 +28,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
 
 def _list(args: list[str]) -> None:
     """``kdnas task=list ...``: print the listing without a run folder (nothing to record)."""
-    from kdnas.tasks.list_things import listing
+    from kdnas.tasks.listing import listing
 
     try:
         listing(compose(None, args))

@@ -13,7 +13,7 @@ from kdnas.api import compose
 from kdnas.context import RunContext, build_model
 from kdnas.data import DataModule
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.terms import TERMS, DistillConfig, LossWeights
+from kdnas.distill.terms import LOSS_TERMS, DistillConfig, LossWeights
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
 from kdnas.engine.trainer import Trainer, autocast_context
 from kdnas.models import create_model
@@ -96,7 +96,7 @@ def all_terms_objective(data: DataModule, device: torch.device) -> tuple[Distill
     torch.manual_seed(0)
     teacher = Teacher([create_model("resnet14", num_classes=10)], ["resnet14"], cache="off")
     student = create_model("resnet8", num_classes=10)
-    cfg = DistillConfig(weights=LossWeights(**{name: 1.0 for name in TERMS}))
+    cfg = DistillConfig(weights=LossWeights(**{name: 1.0 for name in LOSS_TERMS.names()}))
     objective = DistillObjective(cfg, student, teacher, data=data, split="train", seed=0, student_name="resnet8")
     student.to(device, memory_format=torch.channels_last)
     objective.to(device)
@@ -115,5 +115,5 @@ def distill_step_every_term(data: DataModule, device: torch.device, amp: str) ->
     out.loss.backward()
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    assert set(out.terms) == set(TERMS)
+    assert set(out.terms) == set(LOSS_TERMS.names())
     return {"loss": out.loss.item(), **{k: v.item() for k, v in out.terms.items()}}

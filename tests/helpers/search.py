@@ -6,7 +6,7 @@ from typing import Any
 
 from kdnas.spaces import Arch
 
-EVOLUTION = {"name": "evolution", "population": 8, "sample_size": 4, "top_k": 2}
+EVOLUTION = {"name": "diswot", "population": 8, "sample_size": 4, "top_k": 2}
 
 
 class Synthetic:

@@ -143,8 +143,10 @@ class TableEvaluator:
 
 
 def shipped_config(name: str) -> dict[str, Any]:
-    """The shipped ``conf/strategy/<name>.yaml`` (a strategy without a defaults list)."""
-    return OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    """The shipped ``conf/strategy/<name>.yaml``'s own keys (its defaults list names only its schema)."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    node.pop("defaults", None)
+    return node
 
 
 def replay(table: Table, strategy: Mapping[str, Any], reward: str, *, seed: int, budget: int, batch: int,

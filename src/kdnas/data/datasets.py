@@ -28,6 +28,7 @@ from safetensors.torch import save
 from kdnas.config import DataConfig
 from kdnas.data import augment
 from kdnas.errors import ConfigError, DataError
+from kdnas.registry import Registry
 from kdnas.utils import atomic_write_bytes, generator
 
 SPLITS = ("train", "val", "test", "train_full")
@@ -477,16 +478,18 @@ def _imagefolder(cfg: DataConfig, data_dir: Path, cache_dir: Path) -> DataModule
     return load_in_memory(cfg, "imagefolder", fingerprint, read, cache_dir, where)
 
 
-BUILDERS: dict[str, Callable[[DataConfig, Path, Path], DataModule]] = {
-    "cifar10_mini": _mini, "cifar10": _torchvision, "cifar100": _torchvision, "imagefolder": _imagefolder,
-}
+# data.name -> builder(cfg, data_dir, cache_dir); every name has a conf/data/<name>.yaml option (test_registries).
+BUILDERS: Registry[Callable[[DataConfig, Path, Path], DataModule]] = Registry(
+    "data set", "data.name", hint=" (imagefolder reads any train/<class>/ + test/<class>/ folder given as data.root)")
+for _name, _builder in (("cifar10_mini", _mini), ("cifar10", _torchvision), ("cifar100", _torchvision),
+                        ("imagefolder", _imagefolder)):
+    BUILDERS.add(_name, _builder)
 
 
 def check_config(cfg: DataConfig) -> None:
     """Reject bad values before any file is read or decoded."""
     if cfg.name not in BUILDERS:
-        raise ConfigError(f"data.name={cfg.name!r} is not a known data set; choose one of {sorted(BUILDERS)} "
-                          "(imagefolder reads any train/<class>/ + test/<class>/ folder given as data.root).")
+        raise BUILDERS.unknown(cfg.name)
     if cfg.in_memory is False and cfg.name != "imagefolder":
         raise ConfigError(f"data.in_memory=false is only supported for data.name=imagefolder; {cfg.name} is "
                           "always held in memory. Remove the override.")
@@ -510,4 +513,4 @@ def check_config(cfg: DataConfig) -> None:
 def build_data(cfg: DataConfig, data_dir: str | Path, cache_dir: str | Path) -> DataModule:
     """The DataModule for cfg.name; decoded tensors are cached under cache_dir/data/."""
     check_config(cfg)
-    return BUILDERS[cfg.name](cfg, Path(data_dir).expanduser(), Path(cache_dir).expanduser())
+    return BUILDERS.get(cfg.name)(cfg, Path(data_dir).expanduser(), Path(cache_dir).expanduser())

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from kdnas.data import Batch, DataModule
 from kdnas.distill import functional as kdf
 from kdnas.distill.cache import TeacherLogitCache
-from kdnas.distill.terms import DistillConfig, TeacherOutput, TermContext, active_weights, build_terms, probe
+from kdnas.distill.terms import DistillConfig, TeacherOutput, TermContext, active_weights, blank_features, build_terms
 from kdnas.engine.objective import Objective, StepOutput
 from kdnas.errors import ConfigError
 from kdnas.teachers import Teacher
@@ -49,7 +49,8 @@ class DistillObjective(Objective):
         self.__dict__["teacher"] = teacher  # not a submodule: never optimised, never checkpointed
         single = teacher is not None and len(teacher.members) == 1
         self.terms = build_terms(TermContext(
-            cfg, probe(student, data.input_size), probe(teacher.members[0], data.input_size) if single else None,
+            cfg, blank_features(student, data.input_size),
+            blank_features(teacher.members[0], data.input_size) if single else None,
             student.stage_names, teacher.members[0].stage_names if single else [],
             (teacher.names[0] if teacher is not None else "", student_name), data, split, seed))
         self.online_features = any(term.needs_features for term in self.terms.values())

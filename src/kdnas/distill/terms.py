@@ -36,6 +36,7 @@ from kdnas.distill.scheme_config import (
 from kdnas.errors import ConfigError
 from kdnas.models import Features
 from kdnas.proxies.diswot import semantic_form
+from kdnas.registry import Registry
 
 # ------------------------------------------------------------------------------------------- config
 
@@ -112,13 +113,6 @@ class DistillConfig:
     label_refinery: LabelRefineryConfig = field(default_factory=LabelRefineryConfig)
     fitnet_two_stage: FitNetTwoStageConfig = field(default_factory=FitNetTwoStageConfig)
     schemes: DeprecatedSchemeKeys = field(default_factory=DeprecatedSchemeKeys)  # deprecated: distill.<scheme>.*
-
-
-def register_schema() -> None:
-    """Store :class:`DistillConfig` as ``distill/distill_schema`` (the presets' first default)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(group="distill", name="distill_schema", node=DistillConfig)
 
 
 def distill_config(node: Any) -> DistillConfig:
@@ -208,26 +202,21 @@ class Term(nn.Module):
         """Per-epoch state (CRD negative sampling stream)."""
 
 
-TERMS: dict[str, Callable[[TermContext], Term]] = {}
+# The loss classes, one per field of LossWeights (tests/test_registries.py checks both directions); registered below.
+LOSS_TERMS: Registry[type[Term]] = Registry("loss term", "distill.weights.<term>")
 
 
 def register_term(name: str) -> Callable[[type[Term]], type[Term]]:
-    def wrap(cls: type[Term]) -> type[Term]:
-        if name in TERMS:
-            raise ValueError(f"distillation term {name!r} registered twice")
-        TERMS[name] = cls
-        return cls
-
-    return wrap
+    return LOSS_TERMS.register(name)
 
 
 def build_terms(ctx: TermContext) -> nn.ModuleDict:
-    return nn.ModuleDict({name: TERMS[name](ctx) for name in active_weights(ctx.cfg)})
+    return nn.ModuleDict({name: LOSS_TERMS.get(name)(ctx) for name in active_weights(ctx.cfg)})
 
 
 def reads_teacher_features(cfg: DistillConfig) -> bool:
     """Whether an active term reads the teacher's features: the teacher then runs online (no logit cache)."""
-    return any(getattr(TERMS[name], "needs_features", False) for name in active_weights(cfg))
+    return any(LOSS_TERMS.get(name).needs_features for name in active_weights(cfg))
 
 
 def stage_index(names: list[str], name: str, who: str, key: str) -> int:
@@ -394,7 +383,7 @@ class DisWOT(_FeatureTerm):
                                self.w_sem, self.w_rel, self.semantic)
 
 
-def probe(net: nn.Module, input_size: int) -> Features:
+def blank_features(net: nn.Module, input_size: int) -> Features:
     """One eval-mode, gradient-free forward pass of two blank images: the shapes terms size themselves from."""
     p = next(net.parameters())
     was_training = net.training

@@ -25,7 +25,7 @@ from kdnas.models import build_model, create_model
 from kdnas.models.features import FeatureNet
 from kdnas.proxies import apply_init, compute_proxies, get_proxy, teacher_stats
 from kdnas.proxies.base import INITS
-from kdnas.proxies.diswot import COMBINES, SEMANTIC_CHOICES, TERMS, TeacherStats, semantic_form
+from kdnas.proxies.diswot import COMBINES, DISWOT_TERMS, SEMANTIC_CHOICES, TeacherStats, semantic_form
 from kdnas.spaces.base import Arch, SearchSpace, build_candidate
 from kdnas.utils import derive_seed, resolve_device
 
@@ -129,9 +129,9 @@ class ProxyEvaluator(CachedEvaluator):
             log.info("DisWOT teacher statistics computed on %d batch(es), once for this search", len(self.batches))
             if s.combine == "rank":
                 reference = sample_archs(self.space, s.rank_reference, derive_seed(self.seed, "rank-reference"))
-                refs = [self.per_batch(self.build(a), TERMS) for a in reference]
+                refs = [self.per_batch(self.build(a), DISWOT_TERMS) for a in reference]
                 for i, st in enumerate(self.stats):
-                    st.reference = {t: torch.tensor([r[i][t] for r in refs]) for t in TERMS}
+                    st.reference = {t: torch.tensor([r[i][t] for r in refs]) for t in DISWOT_TERMS}
         return self.stats
 
     def evaluate_one(self, arch: Arch) -> dict[str, Any]:

@@ -1,20 +1,9 @@
-"""Training-free proxies behind one API: a registry and :func:`compute_proxies`, which scores one candidate
-on one batch with as few passes as the requested proxies allow.
+"""Training-free proxies: the proxy registry and :func:`compute_proxies`, which scores one candidate on one batch.
 
-Every proxy declares what it reads (``needs``); :class:`Probe` runs what the union asks for, once:
-
-* ``forward``    one forward pass (``Features``), shared by every proxy of the call;
-* ``codes``      Mellor et al.'s binary activation codes, captured during that same forward pass;
-* ``flops``      conv/matmul FLOPs per sample, counted during it (as :func:`kdnas.spaces.costs.count_flops`);
-* ``param_grad`` one backward pass of the mean cross-entropy to the conv/linear weights;
-* ``input_grad`` d(sum of logits)/d(input) on the same graph (Mellor et al. v1's Jacobian);
-* ``teacher``    the search's cached :class:`~kdnas.proxies.diswot.TeacherStats` (never recomputed here).
-
-Proxies that need a pass of their own (synflow: all-ones input, |weights|, float64) make it themselves.
-
-BatchNorm: the shared pass runs in train mode (batch statistics), as zero-cost-nas and DisWOT's code do on
-freshly initialised networks, whose running statistics are meaningless; the candidate's running statistics
-are updated by it (candidates are built for scoring and thrown away). Every proxy is "higher is better".
+Invariants: each proxy declares what it reads (``needs``: forward, codes, flops, param_grad, input_grad, teacher) and
+:class:`SharedPasses` runs the union once (at most one forward and one backward); a proxy needing a pass of its own
+(synflow) makes it on a copy. The shared pass runs BatchNorm in train mode (batch statistics), as zero-cost-nas and
+DisWOT do on fresh networks. Every proxy is "higher is better".
 """
 
 from __future__ import annotations
@@ -34,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdnas.data import Batch
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet, Features
+from kdnas.registry import Registry
 
 if TYPE_CHECKING:
     from kdnas.proxies.diswot import TeacherStats
@@ -44,7 +34,7 @@ NEEDS = frozenset({"forward", "codes", "flops", "param_grad", "input_grad", "tea
 ACTIVATIONS = frozenset({F.relu, torch.relu, Tensor.relu, F.relu6, F.hardtanh, F.leaky_relu, F.silu,
                          F.hardswish, F.gelu, F.elu})
 
-ProxyFn = Callable[["Probe"], "float | dict[str, float]"]
+ProxyFn = Callable[["SharedPasses"], "float | dict[str, float]"]
 
 
 @dataclass(frozen=True)
@@ -54,38 +44,29 @@ class ProxySpec:
     needs: frozenset[str]
 
 
-_PROXIES: dict[str, ProxySpec] = {}
+PROXIES: Registry[ProxySpec] = Registry("proxy", "evaluator.proxy", modules=["kdnas.proxies.diswot",
+                                                                             "kdnas.proxies.zero_cost"])
 
 
 def register_proxy(name: str, *, needs: Iterable[str] = ()) -> Callable[[ProxyFn], ProxyFn]:
-    """Register ``fn(probe) -> float`` (or a dict of named floats, the first key being ``name``)."""
+    """Register ``fn(passes) -> float`` (or a dict of named floats, the first key being ``name``)."""
     needs = frozenset(needs)
     if needs - NEEDS:
         raise ValueError(f"proxy {name!r}: unknown needs {sorted(needs - NEEDS)}; choose from {sorted(NEEDS)}")
 
     def add(fn: ProxyFn) -> ProxyFn:
-        if name in _PROXIES:
-            raise ValueError(f"proxy {name!r} registered twice")
-        _PROXIES[name] = ProxySpec(name, fn, needs)
+        PROXIES.add(name, ProxySpec(name, fn, needs))
         return fn
 
     return add
 
 
-def _import_proxies() -> None:
-    from kdnas.proxies import diswot, zero_cost  # noqa: F401
-
-
 def list_proxies() -> list[str]:
-    _import_proxies()
-    return sorted(_PROXIES)
+    return PROXIES.names()
 
 
 def get_proxy(name: str) -> ProxySpec:
-    _import_proxies()
-    if name not in _PROXIES:
-        raise ConfigError(f"Unknown proxy {name!r}. Available: {', '.join(sorted(_PROXIES))} (proxy=<name>).")
-    return _PROXIES[name]
+    return PROXIES.get(name)
 
 
 def prunable_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -112,9 +93,9 @@ INITS: dict[str, Callable[[nn.Module], nn.Module]] = {"default": lambda m: m, "n
 
 
 def apply_init(model: nn.Module, init: str) -> nn.Module:
-    """``proxy.init``: ``default`` keeps the network's own initialisation, ``normal`` is DisWOT's N(0, 1)."""
+    """``evaluator.init``: ``default`` keeps the network's own initialisation, ``normal`` is DisWOT's N(0, 1)."""
     if init not in INITS:
-        raise ConfigError(f"proxy.init={init!r} is not one of {', '.join(INITS)}.")
+        raise ConfigError(f"evaluator.init={init!r} is not one of {', '.join(INITS)}.")
     return INITS[init](model)
 
 
@@ -137,7 +118,7 @@ class HammingKernel(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-class Probe:
+class SharedPasses:
     """One candidate on one batch, after the shared passes: what every proxy function reads."""
 
     def __init__(self, model: FeatureNet, batch: Batch, needs: frozenset[str], teacher: TeacherStats | None = None
@@ -187,10 +168,10 @@ def compute_proxies(model: FeatureNet, batch: Batch, names: Iterable[str],
     if "teacher" in needs and teacher_stats is None:
         raise ConfigError(f"Proxies {[s.name for s in specs if 'teacher' in s.needs]} compare against a teacher: "
                           "pass teacher statistics (kdnas.proxies.teacher_stats).")
-    probe = Probe(model, batch, needs, teacher_stats)
+    passes = SharedPasses(model, batch, needs, teacher_stats)
     out: dict[str, float] = {}
     for spec in specs:
         with torch.no_grad():
-            value = spec.fn(probe)
+            value = spec.fn(passes)
         out.update({k: float(v) for k, v in value.items()} if isinstance(value, dict) else {spec.name: float(value)})
     return out

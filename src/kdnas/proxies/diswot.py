@@ -1,18 +1,9 @@
-"""DisWOT (Dong et al., "DisWOT: Student Architecture Search for Distillation WithOut Training", CVPR 2023)
-as a training-free proxy: how similar a candidate student is to the teacher, both at initialisation.
+"""DisWOT (Dong et al., CVPR 2023) as a training-free proxy: a candidate's semantic (Eq. 1-2: classifier-gradient
+similarity) and relational (Eq. 3-4: SP Gram matrices) similarity to the teacher, both at initialisation.
 
-* semantic similarity (paper Eq. 1-2): the Grad-CAM input, i.e. the gradient of CE w.r.t. the classifier
-  weight, compared per class channel by channel (``semantic=official``, equal widths only) or as a K x K
-  class-similarity matrix (``semantic=class``, any widths). The two are on different scales, so one search
-  scores every candidate with one form (:func:`semantic_form`): ``auto`` takes the official form only when
-  every arch of the space has the teacher's width, the class form otherwise;
-* relational similarity (Eq. 3-4): SP-style B x B Gram matrices of the pre-pooling feature maps.
-
-The terms are the functions of :mod:`kdnas.distill.functional`, so the proxy and the DisWOT-dagger
-distillation loss are the same quantities. Changes from the official code: the classifier gradient is the
-closed form ``fc_grad`` (one forward pass per candidate, no backward, so no gradient can leak from one
-candidate into the next as the official un-zeroed ``.grad`` does); the teacher's statistics are computed
-once per search (:func:`teacher_stats`) on the batch every candidate sees; shapes are checked.
+Invariants: the terms are :mod:`kdnas.distill.functional`'s, so proxy and DisWOT-dagger loss measure the same thing;
+one search scores every candidate with one semantic form (:func:`semantic_form`); the teacher's statistics are
+computed once per search (:func:`teacher_stats`). Departures from the official code: docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -26,11 +17,11 @@ from kdnas.data import Batch
 from kdnas.distill.functional import fc_grad, relational, semantic_class, semantic_official
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet, Features
-from kdnas.proxies.base import Probe, register_proxy
+from kdnas.proxies.base import SharedPasses, register_proxy
 
 SEMANTIC_FORMS = {"official": semantic_official, "class": semantic_class}
-SEMANTIC_CHOICES = ("auto", *SEMANTIC_FORMS)  # proxy.semantic
-TERMS = ("diswot_semantic", "diswot_relational")
+SEMANTIC_CHOICES = ("auto", *SEMANTIC_FORMS)  # evaluator.semantic
+DISWOT_TERMS = ("diswot_semantic", "diswot_relational")  # the score's two terms (names of their columns)
 COMBINES = ("semantic", "relational", "sum", "rank")
 
 
@@ -50,9 +41,9 @@ class TeacherStats:
 
     def __post_init__(self) -> None:
         if self.semantic not in SEMANTIC_FORMS:
-            raise ConfigError(f"proxy.semantic={self.semantic!r} is not one of {', '.join(SEMANTIC_FORMS)}.")
+            raise ConfigError(f"evaluator.semantic={self.semantic!r} is not one of {', '.join(SEMANTIC_FORMS)}.")
         if self.combine not in COMBINES:
-            raise ConfigError(f"proxy.combine={self.combine!r} is not one of {', '.join(COMBINES)}.")
+            raise ConfigError(f"evaluator.combine={self.combine!r} is not one of {', '.join(COMBINES)}.")
 
 
 @torch.no_grad()
@@ -64,9 +55,9 @@ def teacher_stats(teacher: FeatureNet, batch: Batch, *, semantic: str = "officia
     return TeacherStats(fc_grad(feats.embedding, feats.logits, batch.y), feats.feature_map, semantic, combine)
 
 
-def semantic_form(requested: str, student_widths: set[int] | None, teacher_width: int, key: str = "proxy.semantic"
+def semantic_form(requested: str, student_widths: set[int] | None, teacher_width: int, key: str = "evaluator.semantic"
                   ) -> str:
-    """The one semantic form a search scores every candidate with (``proxy.semantic``): ``auto`` = ``official``
+    """The one semantic form a search scores every candidate with (``evaluator.semantic``): ``auto`` = ``official``
     when every arch's final width (``student_widths``; None = unknown) is the teacher's, else ``class``.
     Switching per candidate would rank width-matched candidates on another scale (about -0.5 against -0.1)."""
     if requested not in SEMANTIC_CHOICES:
@@ -94,7 +85,7 @@ def ecdf(reference: Tensor, value: float) -> float:
 
 
 def combine_terms(terms: dict[str, float], combine: str, reference: dict[str, Tensor] | None = None) -> float:
-    """``proxy.combine``: one term, their raw sum (the paper's fitness), or their mean rank-normalised value."""
+    """``evaluator.combine``: one term, their raw sum (the paper's fitness), or their mean rank-normalised value."""
     if combine == "semantic":
         return terms["diswot_semantic"]
     if combine == "relational":
@@ -102,22 +93,22 @@ def combine_terms(terms: dict[str, float], combine: str, reference: dict[str, Te
     if combine == "sum":
         return terms["diswot_semantic"] + terms["diswot_relational"]
     if reference is None:
-        raise ConfigError("proxy.combine=rank needs reference scores (set proxy.rank_reference > 0).")
-    return sum(ecdf(reference[t], terms[t]) for t in TERMS) / len(TERMS)
+        raise ConfigError("evaluator.combine=rank needs reference scores (set evaluator.rank_reference > 0).")
+    return sum(ecdf(reference[t], terms[t]) for t in DISWOT_TERMS) / len(DISWOT_TERMS)
 
 
 @register_proxy("diswot_semantic", needs={"forward", "teacher"})
-def diswot_semantic(p: Probe) -> float:
+def diswot_semantic(p: SharedPasses) -> float:
     return semantic_score(p.features, p.batch.y, p.teacher)
 
 
 @register_proxy("diswot_relational", needs={"forward", "teacher"})
-def diswot_relational(p: Probe) -> float:
+def diswot_relational(p: SharedPasses) -> float:
     return relational(p.features.feature_map, p.teacher.feature_map).item()
 
 
 @register_proxy("diswot", needs={"forward", "teacher"})
-def diswot(p: Probe) -> dict[str, float]:
-    """The combined score (``proxy.combine``), reported with both terms."""
+def diswot(p: SharedPasses) -> dict[str, float]:
+    """The combined score (``evaluator.combine``), reported with both terms."""
     terms = {"diswot_semantic": diswot_semantic(p), "diswot_relational": diswot_relational(p)}
     return {"diswot": combine_terms(terms, p.teacher.combine, p.teacher.reference), **terms}

@@ -1,8 +1,5 @@
-"""Zero-cost proxies: the baselines DisWOT (Dong et al. CVPR 2023, Table 1) compares against.
-
-Definitions follow zero-cost-nas (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021,
-https://github.com/SamsungLabs/zero-cost-nas): sums over conv and linear weights of the cross-entropy
-gradient on one batch, higher is better. They read the passes :class:`~kdnas.proxies.base.Probe` shares.
+"""Zero-cost proxies, the baselines of DisWOT's Table 1, as defined by zero-cost-nas (Abdelfattah et al., ICLR 2021):
+sums over conv and linear weights on one batch, higher is better, read from :class:`~kdnas.proxies.base.SharedPasses`.
 """
 
 from __future__ import annotations
@@ -14,36 +11,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdnas.proxies.base import Probe, prunable_weights, register_proxy
+from kdnas.proxies.base import SharedPasses, prunable_weights, register_proxy
 from kdnas.spaces.costs import count_params
 
 
 @register_proxy("params")
-def params(p: Probe) -> float:
+def params(p: SharedPasses) -> float:
     """Parameter count (the trivial baseline that many proxies barely beat)."""
     return count_params(p.model)
 
 
 @register_proxy("flops", needs={"flops"})
-def flops(p: Probe) -> float:
+def flops(p: SharedPasses) -> float:
     """Conv/matmul FLOPs per sample (2 x MACs), counted during the shared forward pass."""
     return p.flops
 
 
 @register_proxy("grad_norm", needs={"param_grad"})
-def grad_norm(p: Probe) -> float:
+def grad_norm(p: SharedPasses) -> float:
     """Sum over layers of ``||dL/dW||_2`` (zero-cost-nas ``grad_norm``)."""
     return sum(g.norm().item() for _, g in p.weight_grads)
 
 
 @register_proxy("snip", needs={"param_grad"})
-def snip(p: Probe) -> float:
+def snip(p: SharedPasses) -> float:
     """SNIP saliency (Lee et al. ICLR 2019) summed: ``sum |dL/dW * W|``."""
     return sum((g * w).abs().sum().item() for w, g in p.weight_grads)
 
 
 @register_proxy("synflow")
-def synflow(p: Probe) -> float:
+def synflow(p: SharedPasses) -> float:
     """SynFlow (Tanaka et al. NeurIPS 2020): ``sum |dR/dW * W|`` with ``R = sum(f(1))`` the output of the
     network with every parameter replaced by its absolute value on an all-ones input, in float64 (it
     overflows float32 on deep nets). Its own pass, on a copy: BN layers use fresh running statistics in eval
@@ -65,14 +62,14 @@ def synflow(p: Probe) -> float:
 
 
 @register_proxy("naswot", needs={"codes"})
-def naswot(p: Probe) -> float:
+def naswot(p: SharedPasses) -> float:
     """NASWOT (Mellor et al. ICML 2021): ``log |det K_H|`` of the Hamming kernel of binary activation codes
     (see :class:`~kdnas.proxies.base.HammingKernel`); ``-inf`` when two inputs share every code."""
     return float(np.linalg.slogdet(p.kernel)[1])
 
 
 @register_proxy("jacob_cov", needs={"input_grad"})
-def jacob_cov(p: Probe) -> float:
+def jacob_cov(p: SharedPasses) -> float:
     """Jacobian covariance (Mellor et al. 2020, v1 of "NAS without training"): with ``J`` the gradients of
     the summed logits w.r.t. each input and ``v`` the eigenvalues of their correlation matrix,
     ``-sum(log(v + k) + 1 / (v + k))``, k = 1e-5. NaN when an input's gradient is constant."""

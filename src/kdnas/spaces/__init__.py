@@ -1,6 +1,7 @@
 """Search spaces: architectures as JSON, networks built from them, their costs and constraints."""
 
 from kdnas.spaces.base import (
+    SPACES,
     Arch,
     Decision,
     SearchSpace,
@@ -13,5 +14,5 @@ from kdnas.spaces.base import (
     space_from_config,
 )
 
-__all__ = ["Arch", "Decision", "SearchSpace", "build_candidate", "create_space", "list_spaces", "load_arch",
+__all__ = ["SPACES", "Arch", "Decision", "SearchSpace", "build_candidate", "create_space", "list_spaces", "load_arch",
            "register_space", "space_for", "space_from_config"]

@@ -16,8 +16,6 @@ configured differently.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import itertools
 import json
 import math
@@ -32,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdnas.errors import ConfigError
 from kdnas.models.features import FeatureNet
+from kdnas.registry import Registry
 from kdnas.utils import canonical_json, derive_seed, stable_hash
 
 ARCH_SCHEMA_VERSION = 1
@@ -179,44 +178,27 @@ class SearchSpace:
 
 
 # -- registry -----------------------------------------------------------------------------------------
-_SPACES: dict[str, Callable[..., SearchSpace]] = {}
+SPACES: Registry[Callable[..., SearchSpace]] = Registry(
+    "search space", "space.name", group="space",
+    modules=[f"kdnas.spaces.{m}" for m in ("kdas_addon", "mbconv", "nb201", "resnet_cifar")])
 
 
-def register_space(name: str, factory: Callable[..., SearchSpace] | None = None) -> Any:
-    """Register ``factory(**cfg) -> SearchSpace`` under ``name``; usable as a class decorator."""
-
-    def add(f: Callable[..., SearchSpace]) -> Callable[..., SearchSpace]:
-        if name in _SPACES:
-            raise ValueError(f"search space {name!r} registered twice")
-        _SPACES[name] = f
-        return f
-
+def register_space(name: str, factory: Callable[..., SearchSpace] | None = None, *, settings: type | None = None
+                   ) -> Any:
+    """Register ``factory(**settings) -> SearchSpace`` under ``name``, with the dataclass of its ``space.*`` keys
+    (stored as ``schema/space/<name>`` for composition); usable as a class decorator."""
+    add = SPACES.register(name, settings=settings)
     return add(factory) if factory is not None else add
 
 
-def _import_spaces() -> None:
-    from kdnas.spaces import kdas_addon, mbconv, nb201, resnet_cifar  # noqa: F401
-
-
 def list_spaces() -> list[str]:
-    _import_spaces()
-    return sorted(_SPACES)
+    return SPACES.names()
 
 
 def create_space(name: str, **cfg: Any) -> SearchSpace:
-    """Build a registered space; unknown names and unknown config keys raise a ConfigError naming them."""
-    _import_spaces()
-    if name not in _SPACES:
-        close = difflib.get_close_matches(name, _SPACES, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"Unknown search space space.name={name!r}.{hint} Available: {', '.join(sorted(_SPACES))}.")
-    factory = _SPACES[name]
-    accepted = set(inspect.signature(factory).parameters)
-    unknown = sorted(set(cfg) - accepted)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(f'space.{k}' for k in unknown)} for space {name!r}; it accepts "
-                          f"{', '.join(f'space.{k}' for k in sorted(accepted)) or 'no keys besides space.name'}.")
-    return factory(**cfg)
+    """Build a registered space; unknown names and keys (those of no field of its settings) raise a ConfigError."""
+    SPACES.settings(name, cfg)
+    return SPACES.get(name)(**cfg)
 
 
 def space_from_config(node: Mapping[str, Any] | DictConfig | None) -> SearchSpace:

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -244,6 +243,8 @@ def latency_correlation(space: SearchSpace, table: LatencyTable, n: int = 10, se
     per_round = [[measure_latency(model, input_size, table.batch_size, table.device, warmup, repeats, table.threads)
                   ["median_ms"] for model in models] for _ in range(rounds)]
     measured = [float(np.median(times)) for times in zip(*per_round)]
+    from scipy import stats  # here: scipy costs ~0.7 s at import, and every kdnas command imports this module
+
     return {"n": len(models), "spearman": float(stats.spearmanr(predicted, measured)[0]),
             "pearson": float(stats.pearsonr(predicted, measured)[0]), "predicted_ms": predicted,
             "measured_ms": measured, "arch_ids": list(by_id), "device": table.device, "threads": table.threads}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,7 +138,14 @@ def _build_root(root: str | dict[str, Any], num_classes: int, input_size: int) -
     return space_for(arch).build(arch, num_classes, input_size)
 
 
-@register_space("kdas_addon")
+@dataclass
+class KDASAddonSettings:
+    """``space=kdas_addon`` keys."""
+
+    base: Any = "resnet20"  # a CIFAR ResNet zoo name, or an arch JSON dict (resnet_cifar, or an earlier round)
+
+
+@register_space("kdas_addon", settings=KDASAddonSettings)
 class KdasSpace(SearchSpace):
     name = "kdas_addon"
 

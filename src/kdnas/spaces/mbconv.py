@@ -28,7 +28,7 @@ Inputs of 224 px keep the original strides (stem stride 2, final map 7x7). Small
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -209,7 +209,14 @@ CREAM_STAGES = [(24, 2), (40, 2), (80, 2), (96, 1), (192, 2)]  # (channels, stri
 CREAM_CHOICES = [f"k{k}_e{e}" for k in (3, 5, 7) for e in (4, 6)]
 
 
-@register_space("mbconv_cream")
+@dataclass
+class CreamSpaceSettings:
+    """``space=mbconv_cream`` keys."""
+
+    layers: list[int] = field(default_factory=lambda: [4, 4, 4, 4, 4])  # layers of the 24/40/80/96/192 stages
+
+
+@register_space("mbconv_cream", settings=CreamSpaceSettings)
 class CreamSpace(MBConvSpace):
     name = "mbconv_cream"
     STEM, HEAD = 16, 1280

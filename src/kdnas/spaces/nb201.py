@@ -14,6 +14,8 @@ available offline here: candidates are scored by kdnas's own proxies or short tr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -94,7 +96,15 @@ class NB201Net(FeatureNet):
         return pool_and_classify(self, stages, self.lastact(x))
 
 
-@register_space("nb201")
+@dataclass
+class NB201Settings:
+    """``space=nb201`` keys (the benchmark's names)."""
+
+    C: int = 16  # noqa: N815 - channels of the first stage
+    N: int = 5  # noqa: N815 - cells per stage
+
+
+@register_space("nb201", settings=NB201Settings)
 class NB201Space(SearchSpace):
     name = "nb201"
 

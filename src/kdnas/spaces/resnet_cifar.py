@@ -16,6 +16,7 @@ Both are CIFAR networks (stride-1 stem, 2 stride-2 stages): ``input_size`` only 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -32,7 +33,15 @@ def _positive_ints(key: str, values: Sequence[int]) -> list[int]:
     return values
 
 
-@register_space("resnet_cifar")
+@dataclass
+class ResNetCifarSettings:
+    """``space=resnet_cifar`` keys."""
+
+    depths: list[int] = field(default_factory=lambda: [1, 3, 5, 7])  # options for every stage
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64])  # one stage per width (stored in each arch)
+
+
+@register_space("resnet_cifar", settings=ResNetCifarSettings)
 class ResNetCifarSpace(SearchSpace):
     name = "resnet_cifar"
 
@@ -81,7 +90,15 @@ class MixedResNet(CifarResNet):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
-@register_space("resnet_cifar_large")
+@dataclass
+class ResNetCifarLargeSettings:
+    """``space=resnet_cifar_large`` keys."""
+
+    base_widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    stem_width: int = 16
+
+
+@register_space("resnet_cifar_large", settings=ResNetCifarLargeSettings)
 class ResNetCifarLargeSpace(SearchSpace):
     name = "resnet_cifar_large"
     BLOCK_TYPES = ["basic", "bottleneck"]

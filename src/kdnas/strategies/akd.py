@@ -11,16 +11,26 @@ Tan et al., CVPR 2019.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kdnas.errors import ConfigError
 from kdnas.strategies.base import register_strategy
-from kdnas.strategies.controllers import PolicyStrategy
+from kdnas.strategies.controllers import PolicySettings, PolicyStrategy
 
 REWARDS = ("kd", "ce")
 
 
-@register_strategy("akd")
+@dataclass
+class AKDSettings(PolicySettings):
+    """``strategy=akd`` keys."""
+
+    reward: str = "kd"  # kd | ce
+    algo: str = "ppo"
+    hidden: int = 100
+
+
+@register_strategy("akd", settings=AKDSettings)
 class AKDStrategy(PolicyStrategy):
     """An LSTM controller (one layer of 100 units, as NASNet/MnasNet) samples a student of the factorised space; the
     train evaluator (``search.evaluator`` unset means ``train`` here) trains it for a few epochs on mini-train with

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import inspect
 import logging
 import math
 import pkgutil
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from kdnas.errors import ConfigError
+from kdnas.registry import Registry
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.constraints import Constraint, sample_valid
 from kdnas.spaces.costs import CostModel
@@ -51,7 +51,10 @@ class Strategy:
     """Shared bookkeeping: the history of told (arch, result) pairs, the ids already proposed, the
     constraint check, and a seeded RNG."""
 
-    name = ""
+    name = ""  # the registered name (set by register_strategy)
+    # The algorithm, where registered presets share one (strategy=diswot, strategy=zero_cost: evolution): it names the
+    # RNG stream and the state, so presets search alike and resume each other's state. "" = ``name``.
+    algorithm = ""
     default_evaluator = "proxy"  # what search.evaluator=null means for this strategy (proxy | train)
     shapes_rewards = False  # a soft constraint shapes this strategy's rewards (else it changes nothing)
     own_loop = False  # runs its own search (Cream's supernet) instead of the shared ask/tell loop
@@ -61,7 +64,7 @@ class Strategy:
         self.space, self.constraint = space, constraint or Constraint()
         self.costs = costs or CostModel(space)
         self.max_tries = max_tries
-        self.rng = random.Random(derive_seed(seed, "strategy", self.name))
+        self.rng = random.Random(derive_seed(seed, "strategy", self.algorithm or self.name))
         self.history: list[tuple[Arch, dict[str, Any]]] = []
         self.seen: set[str] = set()
 
@@ -119,11 +122,11 @@ class Strategy:
 
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = self.rng.getstate()
-        return {"name": self.name, "rng": [version, list(internal), gauss], "seen": sorted(self.seen),
+        return {"name": self.algorithm or self.name, "rng": [version, list(internal), gauss], "seen": sorted(self.seen),
                 "history": [{"arch": a.to_json(), "result": r} for a, r in self.history]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state["name"] != self.name:
+        if state["name"] != (self.algorithm or self.name):
             raise ConfigError(f"Search state was written by strategy {state['name']!r}, not {self.name!r}: resume "
                               "with the same strategy, or start a new run folder.")
         version, internal, gauss = state["rng"]
@@ -152,20 +155,6 @@ class Strategy:
         return None
 
 
-_STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:
-    def add(cls: type[Strategy]) -> type[Strategy]:
-        if name in _STRATEGIES:
-            raise ValueError(f"strategy {name!r} registered twice")
-        cls.name = name
-        _STRATEGIES[name] = cls
-        return cls
-
-    return add
-
-
 def _import_strategies() -> None:
     """Import every module of this package once, so that each registers its strategies."""
     import kdnas.strategies as package
@@ -174,17 +163,30 @@ def _import_strategies() -> None:
         importlib.import_module(f"{package.__name__}.{module.name}")
 
 
+STRATEGIES: Registry[type[Strategy]] = Registry("search strategy", "strategy.name", group="strategy",
+                                                load=_import_strategies, hint=" (pick one with strategy=<name>)")
+
+
+def register_strategy(name: str, *, settings: type | None = None) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Class decorator: register a strategy as ``name`` with the dataclass of its ``strategy.*`` keys (stored as
+    ``schema/strategy/<name>`` for composition; its fields are the constructor's keyword arguments)."""
+
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        cls.name = name
+        return STRATEGIES.add(name, cls, settings=settings)
+
+    return add
+
+
 def list_strategies() -> list[str]:
     """The strategies the shared ask/tell loop drives (not those with their own loop, such as cream)."""
-    _import_strategies()
-    return sorted(name for name, cls in _STRATEGIES.items() if not cls.own_loop)
+    return [name for name in STRATEGIES.names() if not STRATEGIES.get(name).own_loop]
 
 
 def strategy_class(name: str | None) -> type[Strategy]:
     """The class registered as ``name``; the base class (whose ``search`` runs the shared loop, which reports a
     missing or unknown name) when there is none."""
-    _import_strategies()
-    return _STRATEGIES.get(name or "", Strategy)
+    return STRATEGIES.get(name) if name in STRATEGIES else Strategy
 
 
 def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSpace, *,
@@ -192,20 +194,11 @@ def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSp
     """The strategy a ``strategy:`` config node describes (``name`` plus that strategy's keys)."""
     cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     name = cfg.pop("name", None)
-    _import_strategies()
     if name is None:
         raise ConfigError(f"No search strategy selected: pick one with strategy=<name> (diswot, zero_cost, random); "
                           f"registered strategies: {', '.join(list_strategies())}.")
     if name not in list_strategies():
         raise ConfigError(f"Unknown search strategy strategy.name={name!r}; available: "
                           f"{', '.join(list_strategies())} (pick one with strategy=<name>).")
-    cls = _STRATEGIES[name]
-    accepted = {name for c in cls.__mro__ if "__init__" in vars(c)
-                for name, p in inspect.signature(c.__init__).parameters.items()
-                if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD} - {"self", "space", "constraint",
-                                                                                     "costs", "seed"}
-    unknown = sorted(set(cfg) - accepted)
-    if unknown:
-        raise ConfigError(f"Unknown key(s) {', '.join(f'strategy.{k}' for k in unknown)} for strategy {name!r}; "
-                          f"it accepts {', '.join(f'strategy.{k}' for k in sorted(accepted))}.")
-    return cls(space, constraint=constraint, costs=costs, seed=seed, **cfg)
+    STRATEGIES.settings(name, cfg)
+    return STRATEGIES.get(name)(space, constraint=constraint, costs=costs, seed=seed, **cfg)

@@ -282,6 +282,29 @@ class PPO(PolicyLearner):
 LEARNERS: dict[str, type[PolicyLearner]] = {"reinforce": Reinforce, "ppo": PPO}
 
 
+@dataclass
+class PolicySettings:
+    """The ``strategy.*`` keys of a controller-driven strategy (:class:`PolicyStrategy`'s keyword arguments)."""
+
+    max_tries: int = 200
+    algo: str = "reinforce"
+    hidden: int = 64
+    lstm_layers: int = 1
+    tanh_constant: float | None = 1.5
+    op_tanh_reduce: float = 1.0
+    temperature: float | None = None
+    skip_target: float = 0.4
+    skip_weight: float = 0.8
+    entropy_weight: float = 1e-4
+    lr: float = 1e-3
+    baseline_decay: float = 0.99
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 4
+    archs_per_update: int = 1
+    reward_scale: float = 1.0
+    reject_reward: float = 0.0
+
+
 class PolicyStrategy(Strategy):
     """An RL strategy: ``ask`` samples the controller; ``tell`` shapes each result's reward with the
     constraint (MnasNet Eq. 2, :meth:`Constraint.reward`) and updates the policy every ``archs_per_update``

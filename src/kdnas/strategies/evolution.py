@@ -11,6 +11,7 @@ Architecture Search", AAAI 2019.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kdnas.errors import ConfigError
@@ -20,7 +21,17 @@ from kdnas.strategies.base import Strategy, log, register_strategy, reward_key
 VARIANTS = ("diswot", "aging")
 
 
-@register_strategy("evolution")
+@dataclass
+class EvolutionSettings:
+    """``strategy=diswot`` / ``strategy=zero_cost`` keys."""
+
+    population: int = 16
+    sample_size: int = 8
+    top_k: int = 3
+    variant: str = "diswot"  # diswot | aging
+    max_tries: int = 200
+
+
 class EvolutionStrategy(Strategy):
     """The population starts as ``population`` random archs meeting the constraint; each step samples
     ``sample_size`` members, keeps the ``top_k`` best, picks one of those at random as the parent and mutates it (one
@@ -83,3 +94,18 @@ class EvolutionStrategy(Strategy):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.population = [self.history[i] for i in state["population"]]
+
+
+@register_strategy("diswot", settings=EvolutionSettings)
+class DisWOTEvolution(EvolutionStrategy):
+    """``strategy=diswot``: the evolution, as DisWOT runs it on its training-free score (evaluator.proxy=diswot)."""
+
+    algorithm = "evolution"
+
+
+@register_strategy("zero_cost", settings=EvolutionSettings)
+class ZeroCostEvolution(EvolutionStrategy):
+    """``strategy=zero_cost``: the same evolution driven by a zero-cost proxy (evaluator.proxy=snip, synflow,
+    naswot, ...)."""
+
+    algorithm = "evolution"

@@ -12,18 +12,33 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kdnas.errors import ConfigError
 from kdnas.spaces.base import Arch, SearchSpace, create_space, load_arch
 from kdnas.spaces.costs import CostModel
 from kdnas.strategies.base import register_strategy, reward_key
-from kdnas.strategies.controllers import PolicyStrategy
+from kdnas.strategies.controllers import PolicySettings, PolicyStrategy
 
 log = logging.getLogger("kdnas")
 
 
-@register_strategy("kdas")
+@dataclass
+class KDASSettings(PolicySettings):
+    """``strategy=kdas`` keys."""
+
+    round_budget: int = 20
+    min_gain: float = 0.0
+    budget_fill: float = 0.95
+    max_rounds: int | None = None
+    algo: str = "reinforce"
+    hidden: int = 64
+    tanh_constant: float | None = 1.5
+    op_tanh_reduce: float = 2.5
+
+
+@register_strategy("kdas", settings=KDASSettings)
 class KDASStrategy(PolicyStrategy):
     """Each round an ENAS-macro controller (one LSTM layer of 64, tanh constant 1.5, op tanh reduce 2.5, entropy
     weight 1e-4, skip target 0.4 with KL weight 0.8, Adam lr 1e-3, REINFORCE with a 0.99 moving-average baseline)

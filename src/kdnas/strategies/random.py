@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kdnas.spaces.base import Arch
 from kdnas.strategies.base import Strategy, register_strategy
 
 
-@register_strategy("random")
+@dataclass
+class RandomSettings:
+    """``strategy=random`` keys."""
+
+    max_tries: int = 200  # samples drawn to find an unseen valid arch before the space counts as exhausted
+
+
+@register_strategy("random", settings=RandomSettings)
 class RandomStrategy(Strategy):
     def ask(self, n: int) -> list[Arch]:
         out = []

@@ -15,7 +15,7 @@ TASKS: dict[str, str] = {
     "train": "kdnas.tasks.train",
     "train_teacher": "kdnas.tasks.train_teacher",
     "distill": "kdnas.tasks.distill",
-    "list": "kdnas.tasks.list_things",
+    "list": "kdnas.tasks.listing",
     "export": "kdnas.tasks.export",
     "cream_search": "kdnas.tasks.cream_search",
     "search": "kdnas.tasks.search",

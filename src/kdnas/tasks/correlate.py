@@ -32,7 +32,7 @@ from kdnas.engine.trainer import apply_runtime
 from kdnas.errors import ConfigError
 from kdnas.evaluators import proxy_evaluator, sample_archs, train_evaluator
 from kdnas.execution import Pool, evaluation_pool
-from kdnas.proxies.diswot import TERMS
+from kdnas.proxies.diswot import DISWOT_TERMS
 from kdnas.spaces import space_from_config
 from kdnas.spaces.base import Arch, SearchSpace
 from kdnas.spaces.costs import CostModel
@@ -145,8 +145,8 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
 def proxy_columns(results: list[dict[str, Any]]) -> dict[str, list[float]]:
     """One column per reported score; DisWOT as its terms, their raw sum and mean in-set rank."""
     columns = {k: [r["scores"][k] for r in results] for k in results[0]["scores"]}
-    if set(TERMS) <= set(columns):
-        sem, rel = (np.asarray(columns[t]) for t in TERMS)
+    if set(DISWOT_TERMS) <= set(columns):
+        sem, rel = (np.asarray(columns[t]) for t in DISWOT_TERMS)
         columns.pop("diswot", None)
         columns["diswot_sum"] = list(sem + rel)
         columns["diswot_rank"] = list((rank_normalise(sem) + rank_normalise(rel)) / 2)

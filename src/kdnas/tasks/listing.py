@@ -1,6 +1,6 @@
-"""task=list: what this installation offers, as values the command line accepts (the options of every config group,
-the networks ``model.name=`` and ``teacher.model=`` take, the loss terms), and the stored teachers with their recipe,
-data and seed. Writes no run folder."""
+"""task=list and ``kdnas --help``: what this installation offers, as values the command line accepts (every config
+group's options, and each registry's names: networks, loss terms, ...), and the stored teachers. Writes no run folder;
+imports no torch for ``--help``."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ TASK_HELP = {
     "report": "Markdown + HTML report over a run, a search or a sweep",
     "list": "this listing: group options, networks, losses, stored teachers",
 }
-# Groups whose options are internal (schemas the presets build on) or Hydra's own.
-_HIDDEN_SUFFIX = "_schema"
+# Groups that are not options to pick: Hydra's own, and the option schemas (kdnas.registry).
+_HIDDEN_GROUPS = ("hydra", "schema")
 
 
 @contextmanager
@@ -47,11 +47,10 @@ def _config_loader() -> Iterator[Any]:
 
 
 def group_options() -> dict[str, list[str]]:
-    """Every config group and the options ``group=option`` accepts (what composes, internal schemas left out)."""
+    """Every config group and the options ``group=option`` accepts (schemas left out)."""
     with _config_loader() as loader:
-        groups = [g for g in loader.list_groups("") if g != "hydra"]
-        return {g: [o for o in loader.get_group_options(g, config_name="config") if not o.endswith(_HIDDEN_SUFFIX)]
-                for g in sorted(groups)}
+        groups = [g for g in loader.list_groups("") if g not in _HIDDEN_GROUPS]
+        return {g: loader.get_group_options(g, config_name="config") for g in sorted(groups)}
 
 
 def format_groups(indent: str = "  ", groups: dict[str, list[str]] | None = None) -> str:
@@ -82,26 +81,38 @@ def _format_teacher(t: dict[str, Any]) -> str:
             f"      test top-1 {top1}  {t['path']}")
 
 
+def registry_names() -> dict[str, tuple[str, list[str]]]:
+    """Every registry that is not a config group of its own: kind -> (the key that takes a name, the names)."""
+    from kdnas.data.datasets import BUILDERS
+    from kdnas.distill.schemes import SCHEMES
+    from kdnas.distill.terms import LOSS_TERMS
+    from kdnas.models import MODELS
+    from kdnas.proxies import PROXIES
+
+    names = {r.kind: (r.key, r.names()) for r in (MODELS, LOSS_TERMS, SCHEMES, PROXIES, BUILDERS)}
+    names["model"][1].append("timm:<name>")
+    return names
+
+
 def listing(cfg: DictConfig) -> dict[str, Any]:
-    """Print what ``task=``, each group, ``model.name=``/``teacher.model=`` and ``distill.weights.<term>=`` accept,
+    """Print what ``task=``, each group and each registry (``model.name=``, ``distill.weights.<term>=``, ...) accept,
     and the stored teachers; return it as a dict."""
     from pathlib import Path
 
-    from kdnas.distill.terms import TERMS
-    from kdnas.models import list_models
     from kdnas.teachers import TeacherStore
 
     teachers = [_teacher_row(e) for e in TeacherStore(Path(str(cfg.paths.cache_dir)).expanduser()).entries()]
-    out = {"tasks": sorted(TASKS), "groups": group_options(), "models": [*list_models(), "timm:<name>"],
-           "losses": sorted(TERMS), "teachers": teachers}
+    registered = registry_names()
+    out = {"tasks": sorted(TASKS), "groups": group_options(), "models": registered["model"][1],
+           "losses": registered["loss term"][1], "registries": {k: v[1] for k, v in registered.items()},
+           "teachers": teachers}
     print("tasks (task=NAME):")
     print(format_tasks())
     print("config groups (GROUP=OPTION):")
     print(format_groups(groups=out["groups"]))
-    print(f"networks (model.name=NAME, teacher.model=NAME) ({len(out['models'])}):")
-    print("  " + ", ".join(out["models"]))
-    print(f"loss terms (distill.weights.TERM=WEIGHT) ({len(out['losses'])}):")
-    print("  " + ", ".join(out["losses"]))
+    for kind, (key, names) in registered.items():
+        print(f"{kind} names ({key}) ({len(names)}):")
+        print("  " + ", ".join(names))
     print(f"stored teachers in {Path(str(cfg.paths.cache_dir)).expanduser() / 'teachers'} ({len(teachers)}):")
     for t in teachers:
         print("  " + _format_teacher(t))
