@@ -12,6 +12,7 @@ import numpy as np
 
 from kdnas.report import plots
 from kdnas.report.collect import Run, first, load_target, pipeline_row, read_json_or, stage_seconds
+from kdnas.report.kdas import kdas_blocks
 from kdnas.report.render import Block, Figure, Section, Table, Text, drop_empty_columns, figures, to_html, to_markdown
 from kdnas.runs import safe_dirname
 from kdnas.spaces.constraints import LIMITS
@@ -267,6 +268,7 @@ def sweep_blocks(jobs: list[Run]) -> list[Block]:
         blocks.append(Section("Failed or unfinished jobs", [Table(["folder", "status", "message"], [
             [j.path.name, j.state, j.message.splitlines()[0][:300] if j.message else "-"] for j in failed])]))
     blocks += comparison_blocks(jobs)
+    blocks += kdas_blocks(jobs)
     blocks += [Section(f"Job {j.path.name}", run_blocks(j, safe_dirname(j.path.name))) for j in jobs]
     return blocks
 
