@@ -4,6 +4,7 @@ family, the teacher-logit cache, ensembles, task=distill end to end, and a teach
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 
 import kdnas
+from kdnas import teachers
 from kdnas.api import compose
-from kdnas.config import DataConfig
+from kdnas.config import DataConfig, TrainerConfig
 from kdnas.context import RunContext
 from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, prebuild
@@ -22,7 +24,7 @@ from kdnas.distill.terms import DistillConfig, LossWeights, active_weights, dist
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
 from kdnas.runs import RunDir
-from kdnas.teachers import Teacher, build_teacher, weights_sha256
+from kdnas.teachers import Teacher, weights_sha256
 
 from .helpers import SMOKE
 
@@ -211,11 +213,26 @@ def test_required_cache_fails_clearly_when_cold(data, tmp_path: Path) -> None:
 def member_logits(overrides: list[str], split: str, tmp_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Each stored member's logits [M, N, K] on the un-augmented ``split`` and its labels [N], by hand."""
     ctx = RunContext(compose("distill", overrides), RunDir(tmp_path / "probe"))
-    teacher = build_teacher(ctx)
+    teacher = teachers.load(ctx.workspace, ctx.cfg.teacher)
     batches = list(ctx.data.loader(split, 10_000, train=False, seed=0).epoch(0))
     x, y = torch.cat([b.x for b in batches]), torch.cat([b.y for b in batches])
     with torch.no_grad():
         return torch.stack([m.eval()(x) for m in teacher.members]), y
+
+
+def test_teacher_api_reads_typed_settings_or_the_node(tmp_path: Path) -> None:
+    """kdnas.teachers takes a Workspace and TeacherConfig (or the composed node: the same key); kind none and a
+    wrongly typed key are one-paragraph ConfigErrors."""
+    cfg = compose("distill", [*SMOKE, "teacher.model=resnet8"])
+    ws = RunContext(cfg, RunDir(tmp_path / "run")).workspace
+    typed = teachers.teacher_config(cfg.teacher)
+    assert isinstance(typed.trainer, TrainerConfig) and typed.model == "resnet8"
+    assert teachers.teacher_key(ws, typed) == teachers.teacher_key(ws, cfg.teacher)
+    assert teachers.teacher_key(ws, replace(typed, seed=1)) != teachers.teacher_key(ws, typed)
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        teachers.load(ws, replace(typed, kind="none"))
+    with pytest.raises(ConfigError, match="teacher.seed"):
+        teachers.teacher_config({"seed": "not a number"})
 
 
 @pytest.mark.slow
