@@ -1,17 +1,10 @@
-"""Evidence for Cream (Peng et al., NeurIPS 2020) on a CPU budget, following the paper's protocol (Sec. 4.3):
+"""Evidence for Cream (Peng et al., NeurIPS 2020, Sec. 4.3) on a CPU budget: (1) Kendall tau between the supernet
+accuracy of random paths and their stand-alone accuracy, for a supernet trained with path distillation and one
+without (``strategy.distill=false``); (2) the board's best path vs a random path of similar FLOPs, both trained
+stand-alone. Reduced: ``mbconv_cream`` with one layer per stage at a quarter of the channels on cifar10_mini at
+16x16 (a 12-path tau has an s.e. around 0.2: the direction of the effects, not the paper's numbers).
 
-1. ranking: Kendall tau between the supernet accuracy of random paths (inherited weights, BN recalibrated) and
-   their accuracy when trained stand-alone for a short recipe, for a supernet trained with path distillation
-   (Cream) and one trained without it (uniform single-path training with the same board, ``distill=false``);
-2. search: the board's best path vs a random path of similar FLOPs, both trained stand-alone with one recipe.
-
-REDUCED space and data, so that everything fits in ~10 CPU minutes: ``mbconv_cream`` with one layer per stage
-(6^5 = 7,776 paths) at a quarter of the channels (stem 8, stages 8/16/24/24/48, 80 before a 320 head), on the
-bundled CIFAR-10 subset (9,000 mini-train / 1,000 mini-val / 2,000 test images) resized to 16x16. Figures from
-so small a budget are noisy (a 12-path Kendall tau has a standard error around 0.2); they check the pipeline
-and the direction of the effects, not the paper's ImageNet numbers.
-
-    .venv/bin/python scripts/cream_ranking.py --out outputs/cream_ranking
+    .venv/bin/python scripts/cream_ranking.py --out outputs/cream_ranking [--max-steps 2 --paths 3]  # smoke
 """
 
 from __future__ import annotations
@@ -22,20 +15,22 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
-from omegaconf import open_dict
+from omegaconf import DictConfig
 from scipy import stats
 
 from kdnas.api import compose
-from kdnas.context import RunContext
-from kdnas.runs import RunDir
+from kdnas.benchmarks.workspace import script_workspace
+from kdnas.engine.workspace import Workspace
 from kdnas.spaces.base import Arch
 from kdnas.spaces.mbconv import CreamSpace, LayerSpec, make_divisible
 from kdnas.strategies.cream import CreamSearch
 from kdnas.strategies.cream.search import cream_config
 from kdnas.utils import derive_seed
+
+RECIPE = ("data.image_size=16", "logger=none", "progress=false", "trainer.num_threads=1", "trainer.lr=0.1",
+          "trainer.schedule=cosine")
 
 
 class NarrowCreamSpace(CreamSpace):
@@ -49,30 +44,29 @@ class NarrowCreamSpace(CreamSpace):
         return [replace(s, out=make_divisible(s.out * self.WIDTH)) for s in super().layers(d)]
 
 
-def context(args: argparse.Namespace, name: str, epochs: int, strategy: dict[str, Any] | None = None) -> RunContext:
+def workspace(args: argparse.Namespace, name: str, epochs: int, overrides: tuple[str, ...] = ()
+              ) -> tuple[Workspace, DictConfig]:
     """A run folder under ``args.out`` with the shared recipe: 16x16 data, SGD lr 0.1 cosine, 1 thread."""
-    cfg = compose("cream_search", ["data.image_size=16", "logger=none", "progress=false", "trainer.num_threads=1",
-                                   f"trainer.epochs={epochs}", "trainer.lr=0.1", "trainer.schedule=cosine",
-                                   f"trainer.max_steps_per_epoch={args.max_steps or 'null'}"])
-    with open_dict(cfg):
-        cfg.strategy = strategy
-    return RunContext(cfg, RunDir(args.out / name))
+    steps = f"trainer.max_steps_per_epoch={args.max_steps or 'null'}"
+    cfg = compose("search", [*RECIPE, f"trainer.epochs={epochs}", steps, *overrides])
+    return script_workspace(cfg, args.out / name), cfg
 
 
 def search(args: argparse.Namespace, space: NarrowCreamSpace, distill: bool) -> CreamSearch:
-    strategy = {"name": "cream", "distill": distill, "warmup_epochs": 1, "meta_every": args.meta_every}
-    ctx = context(args, f"supernet-{'distill' if distill else 'plain'}", args.supernet_epochs, strategy)
-    cream = CreamSearch(ctx.workspace, cream_config(strategy), space)
+    ws, cfg = workspace(args, f"supernet-{'distill' if distill else 'plain'}", args.supernet_epochs, (
+        "strategy=cream", f"strategy.distill={distill}", "strategy.warmup_epochs=1",
+        f"strategy.meta_every={args.meta_every}"))
+    cream = CreamSearch(ws, cream_config(cfg.strategy), space)
     cream.run()
     return cream
 
 
 def standalone(args: argparse.Namespace, space: NarrowCreamSpace, path: Arch, epochs: int) -> dict[str, float]:
     """Train ``path`` from scratch (seeded by its arch id); its last val / test top-1."""
-    ctx = context(args, f"standalone-{epochs}ep-{path.arch_id}", epochs)
+    ws, _ = workspace(args, f"standalone-{epochs}ep-{path.arch_id}", epochs)
     torch.manual_seed(derive_seed(0, "init", path.arch_id))
-    net = space.build(path, ctx.data.num_classes, ctx.data.input_size)
-    summary = ctx.trainer(net, eval_splits=["val", "test"]).fit()
+    net = space.build(path, ws.data.num_classes, ws.data.input_size)
+    summary = ws.trainer(net, eval_splits=["val", "test"]).fit()
     return {"val": summary["val_top1_last"], "test": summary["test_top1_last"]}
 
 
@@ -107,7 +101,7 @@ def main() -> None:
         ranking["distill" if distill else "plain"] = {"kendall_tau": tau.statistic, "p_value": tau.pvalue,
                                                       "supernet_val_top1": supernet}
     cream = searches[True]
-    best = Arch.from_json(json.loads((cream.ctx.run.path / "best_arch.json").read_text()))
+    best = Arch.from_json(json.loads((cream.run_dir.path / "best_arch.json").read_text()))
     other = similar_flops_path(cream, best, rng)
     final = {name: {"arch_id": p.arch_id, "macs": cream.macs(p), **standalone(args, space, p, args.final_epochs)}
              for name, p in (("board_best", best), ("random_similar_flops", other))}

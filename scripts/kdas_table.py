@@ -19,13 +19,10 @@ import torch
 from omegaconf import OmegaConf
 
 from kdnas import teachers
-from kdnas.config import DataConfig, TrainerConfig, to_object
-from kdnas.data import build_data
-from kdnas.engine.workspace import Workspace
+from kdnas.benchmarks.workspace import script_workspace
 from kdnas.report.collect import load_target
 from kdnas.report.kdas import TEACHERS_FILE, kdas_blocks, row_of, zoo_params
 from kdnas.report.render import Section, to_markdown
-from kdnas.runs import RunDir
 
 SPLITS = ("test", "train_full")
 
@@ -49,10 +46,7 @@ def teacher_figures(job: Path) -> dict[str, Any]:
     """The teacher ensemble of ``job`` (a finished sweep job: its members are in the store) on test and train_full."""
     start = time.perf_counter()
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
-    cache = Path(cfg.paths.cache_dir).expanduser()
-    data_cfg, data_dir = to_object(cfg.data, DataConfig), Path(cfg.paths.data_dir).expanduser()
-    ws = Workspace(run=RunDir(job), build_data=lambda: build_data(data_cfg, data_dir, cache), cache_dir=cache,
-                   seed=int(cfg.seed), trainer_config=to_object(cfg.trainer, TrainerConfig), config_hash="")
+    ws = script_workspace(cfg, job)
     teacher = teachers.load(ws, teachers.teacher_config(cfg.teacher))
     out: dict[str, Any] = {"members": teacher.names, "params_each": zoo_params(teacher.names[0], ws.data.num_classes)}
     for split in SPLITS:
