@@ -31,10 +31,9 @@ CONF = Path(kdnas.conf.__file__).parent
 # Option files that are not registered names; each says why. Anything else on either side is a mismatch.
 EXTRA_OPTIONS = {
     "model": {"timm"},  # any timm network: model.name=timm:<name>, not a registry entry
-    "proxy": {"common"},  # the settings every proxy file extends, not a proxy
 }
 # registry -> the config group whose option files are its names (stem == registered name == the option's `name`).
-GROUPS = {MODELS: "model", SPACES: "space", STRATEGIES: "strategy", PROXIES: "proxy", BUILDERS: "data"}
+GROUPS = {MODELS: "model", SPACES: "space", STRATEGIES: "strategy", BUILDERS: "data"}
 
 
 def options(group: str) -> set[str]:
@@ -55,7 +54,7 @@ def option_value(group: str, option: str, key: str, default: Any = None) -> Any:
 
 def test_every_registry_is_checked_here() -> None:
     """A new registry needs a row below (its options, or what else its names must equal)."""
-    assert set(registries().values()) == {*GROUPS, LOSS_TERMS, SCHEMES}
+    assert set(registries().values()) == {*GROUPS, LOSS_TERMS, SCHEMES, PROXIES}  # PROXIES: evaluator.proxy's values
 
 
 @pytest.mark.parametrize("registry", list(GROUPS), ids=lambda r: r.kind)
@@ -147,12 +146,13 @@ def test_schemas_are_not_options() -> None:
         compose(None, ["space=schema"])
 
 
-def test_unknown_name_is_one_paragraph_with_the_known_names() -> None:
+@pytest.mark.parametrize("registry", [*GROUPS, LOSS_TERMS, SCHEMES, PROXIES], ids=lambda r: r.kind)
+def test_unknown_name_is_one_paragraph_with_the_known_names(registry: Registry[Any]) -> None:
     with pytest.raises(ConfigError) as e:
-        create_space("resnet_cifr")
+        registry.get(registry.names()[0] + "x")
     message = str(e.value)
-    assert "\n" not in message and "space.name" in message and "Did you mean resnet_cifar" in message
-    assert all(name in message for name in SPACES.names())
+    assert "\n" not in message and f"{registry.key}='{registry.names()[0]}x'" in message
+    assert f"Did you mean {registry.names()[0]}" in message and all(name in message for name in registry.names())
 
 
 def test_a_name_registers_once() -> None:

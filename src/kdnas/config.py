@@ -1,8 +1,8 @@
-"""Structured-config schemas, registered in Hydra's ConfigStore, so that a wrong type or an unknown
-key fails at composition with a message naming the key.
+"""Structured-config schemas registered in Hydra's ConfigStore, so that a wrong type or an unknown key fails at
+composition with a message naming the key.
 
-Groups whose options carry different keys (space, strategy, distill schemes) are typed per option or
-hold ``Any`` dicts; everything in the foundation is fully typed.
+Invariants: the root schema types the foundation's groups; the groups typed ``Any`` here are typed per option by the
+schemas their registries store (``schema/<group>/<name>``, :mod:`kdnas.registry`); this module imports no feature.
 """
 
 from __future__ import annotations
@@ -132,7 +132,8 @@ class KdnasConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    # Groups filled by later layers (distillation, spaces, strategies, ...): typed per option there.
+    # Typed per option by schema/<group>[/<name>] (kdnas.registry; stored by kdnas.api.register_schemas): distill,
+    # space, strategy, constraint, evaluator.
     distill: Any = None
     space: Any = None
     strategy: Any = None
@@ -150,8 +151,8 @@ class KdnasConfig:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    # The root schema types every group it declares; per-group schema options would only show up as choices
-    # (`model=model_schema`) in Hydra's "available options" and `kdnas --help`.
+    # The root schema types every group it declares; option schemas live under schema/ (kdnas.registry), never as
+    # choices of the group itself in Hydra's "available options" and `kdnas --help`.
     cs.store(name="kdnas_schema", node=KdnasConfig)
 
 

@@ -1,11 +1,9 @@
-"""Distillation terms: the ``distill`` config schema and a registry of loss terms, summed with one weight
-each.
+"""Distillation terms: the ``distill`` config schema (:class:`DistillConfig`) and the loss-term registry (LOSS_TERMS).
 
-Every term reads the student's :class:`~kdnas.models.Features` and a :class:`TeacherOutput` and returns the
-unweighted loss from :mod:`kdnas.distill.functional`; :class:`~kdnas.distill.objective.DistillObjective`
-sums ``weight * scale(epoch) * term``. Any term is switched on from the command line through its weight
-(``distill.weights.at=1000``); 0 = off. Defaults follow the reference code: RepDistiller (Tian et al. ICLR
-2020) for KD/FitNet/AT/SP/RKD/PKT/CRD, mdistiller (Zhao et al. CVPR 2022) for DKD.
+Invariants: one term per field of :class:`LossWeights` (0 = off, so any term is switched on from the command line);
+a term reads only the student's :class:`~kdnas.models.Features` and a :class:`TeacherOutput` and returns the
+unweighted loss of :mod:`kdnas.distill.functional`; DistillObjective sums ``weight * scale(epoch) * term``. Defaults
+follow RepDistiller (KD/FitNet/AT/SP/RKD/PKT/CRD) and mdistiller (DKD).
 """
 
 from __future__ import annotations

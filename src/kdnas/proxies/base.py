@@ -44,8 +44,8 @@ class ProxySpec:
     needs: frozenset[str]
 
 
-PROXIES: Registry[ProxySpec] = Registry("proxy", "evaluator.proxy", modules=["kdnas.proxies.diswot",
-                                                                             "kdnas.proxies.zero_cost"])
+PROXIES: Registry[ProxySpec] = Registry("proxy", "evaluator.proxy",
+                                        modules=["kdnas.proxies.diswot", "kdnas.proxies.zero_cost"])
 
 
 def register_proxy(name: str, *, needs: Iterable[str] = ()) -> Callable[[ProxyFn], ProxyFn]:

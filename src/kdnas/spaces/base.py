@@ -1,17 +1,10 @@
-"""Architectures, the search-space protocol, and the space registry.
+"""Architectures (:class:`Arch`), the search-space protocol (:class:`SearchSpace`) and the space registry (SPACES).
 
-An :class:`Arch` is (space name, space version, flat dict of decisions); its ``arch_id`` hashes the
-canonical JSON of exactly that, so the same network has the same id in every run and process.
-
-Every space here is *factorised*: an ordered list of independent :class:`Decision` s (the form RL
-controllers such as MnasNet's/AKD's LSTM expect). :class:`SearchSpace` derives sample / mutate /
-crossover / encode / decode / enumerate / size from that list, so a space file only declares its
-decisions and how to ``build`` a network from them.
-
-A space's own configuration that changes what a decision means (e.g. KDAS's base student, NB201's C
-and N) is stored in every arch as *fixed* decisions (one allowed value, not offered to strategies):
-an arch JSON file alone rebuilds its network (:func:`space_for`), and an arch is refused by a space
-configured differently.
+Invariants: ``arch_id`` hashes the canonical JSON of (space, version, decisions), so one network has one id in every
+run and process; a space is an ordered list of independent :class:`Decision` s, from which sample / mutate / crossover
+/ encode / enumerate derive; a space's own configuration (KDAS's base, NB201's C and N) is stored in every arch as
+fixed decisions, so an arch JSON alone rebuilds its network (:func:`space_for`) and a differently configured space
+refuses it.
 """
 
 from __future__ import annotations

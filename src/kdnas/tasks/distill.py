@@ -4,7 +4,6 @@ student with CE alone and the paired gain. Dispatch only: the work is in :mod:`k
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -15,9 +14,9 @@ from kdnas import correlation, teachers
 from kdnas.config import ModelConfig, StudentConfig, TrainerConfig, to_object
 from kdnas.context import RunContext
 from kdnas.correlation import comparison_line, paired_comparison
+from kdnas.distill.schemes import SCHEMES
 from kdnas.distill.student import distill_student, student_factory, write_card
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config
-from kdnas.errors import ConfigError
 
 __all__ = ["comparison_line", "distill_student", "paired_comparison", "run", "student_factory", "test_hits"]
 log = logging.getLogger("kdnas")
@@ -36,17 +35,11 @@ def student_settings(cfg: Any) -> tuple[ModelConfig, StudentConfig]:
 
 
 def run_scheme(ctx: RunContext, dcfg: DistillConfig) -> dict[str, Any]:
-    """``distill.scheme``'s module ``run`` with the workspace and the settings it reads."""
-    name = f"kdnas.distill.schemes.{dcfg.scheme}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if not name.startswith(str(e.name)):  # the scheme exists but lacks a dependency of its own
-            raise
-        raise ConfigError(f"distill.scheme={dcfg.scheme!r} is not a distillation scheme of this install (a module "
-                          "kdnas.distill.schemes.<name>); use distill.scheme=none for plain distillation.") from None
+    """``distill.scheme``'s ``run`` (:data:`~kdnas.distill.schemes.SCHEMES`) with the workspace and the settings it
+    reads."""
+    scheme = SCHEMES.get(dcfg.scheme)
     model, student = student_settings(ctx.cfg)
-    return module.run(ctx.workspace, dcfg, model=model, student=student,
+    return scheme(ctx.workspace, dcfg, model=model, student=student,
                       teacher=teachers.teacher_config(ctx.cfg.teacher))
 
 
