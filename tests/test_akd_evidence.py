@@ -1,10 +1,12 @@
-"""AKD evidence tooling: the teacher-student matrix analysis (scripts/akd_matrix.py) on hand-made sweeps, and the
+"""AKD evidence tooling: the teacher-student matrix analysis (kdnas.report.akd) on hand-made sweeps, and the
 tabular replay's reader on task=correlate's real correlate.tsv layout."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from scipy.stats import kendalltau
 
 from kdnas.benchmarks.tabular import Table, compare, shipped_config
 from kdnas.correlation import kendall
+from kdnas.report import akd
 from kdnas.spaces.constraints import Constraint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +28,6 @@ def _script(name: str):
     return module
 
 
-akd_matrix = _script("akd_matrix")
 SEED_NOISE = [0.0, 0.3, -0.2]
 
 
@@ -36,8 +38,8 @@ def records(kd: dict[str, dict[str, float]], ce: dict[str, float]) -> list[dict]
 
 
 def test_ranks_and_kendall_tau() -> None:
-    assert akd_matrix.ranks([50.0, 70.0, 60.0]) == [3, 1, 2]
-    assert akd_matrix.ranks([50.0, 70.0, 50.0]) == [2.5, 1, 2.5]
+    assert akd.ranks([50.0, 70.0, 60.0]) == [3, 1, 2]
+    assert akd.ranks([50.0, 70.0, 50.0]) == [2.5, 1, 2.5]
     assert kendall([1, 2, 3], [10, 20, 30]) == 1.0
     assert kendall([1, 2, 3], [30, 20, 10]) == -1.0
     assert kendall([1, 2, 3], [10, 30, 20]) == pytest.approx(1 / 3)
@@ -47,7 +49,7 @@ def test_ranks_and_kendall_tau() -> None:
 
 def test_matrix_detects_a_teacher_dependent_ranking() -> None:
     kd = {"resnet20": {"a": 60.0, "b": 57.0, "c": 54.0}, "wrn_16_2": {"a": 52.0, "b": 55.0, "c": 58.0}}
-    r = akd_matrix.analyse(records(kd, {"a": 50.0, "b": 49.0, "c": 48.0}))
+    r = akd.analyse(records(kd, {"a": 50.0, "b": 49.0, "c": 48.0}))
     assert r["teachers"] == ["resnet20", "wrn_16_2"] and r["students"] == ["a", "b", "c"] and r["seeds"] == [0, 1, 2]
     np.testing.assert_allclose(r["kd_mean"], [[60 + 1 / 30, 57 + 1 / 30, 54 + 1 / 30],
                                               [52 + 1 / 30, 55 + 1 / 30, 58 + 1 / 30]])
@@ -60,12 +62,12 @@ def test_matrix_detects_a_teacher_dependent_ranking() -> None:
     perm = r["permutation"]  # as extreme: the identity and the mirror, times b's 2**3 free swaps (b is centred at 0)
     assert perm["exact"] and perm["permutations"] == 2 ** 9 and perm["p"] == pytest.approx(16 / 512)
     assert r["ranking_changes"] and r["beyond_seed_noise"]
-    assert "EXCEEDS seed noise" in akd_matrix.markdown(r)
+    assert "EXCEEDS seed noise" in akd.markdown(r)
 
 
 def test_matrix_sees_no_change_when_a_teacher_lifts_every_student_alike() -> None:
     kd = {"t1": {"a": 60.0, "b": 57.0, "c": 54.0}, "t2": {"a": 65.0, "b": 62.0, "c": 59.0}}
-    r = akd_matrix.analyse(records(kd, {"a": 50.0, "b": 49.0, "c": 48.0}))
+    r = akd.analyse(records(kd, {"a": 50.0, "b": 49.0, "c": 48.0}))
     assert r["rank"]["t1"] == r["rank"]["t2"] == [1, 2, 3] and r["kendall_tau"]["t1 vs t2"] == 1.0
     assert r["permutation"]["statistic"] == pytest.approx(0.0) and r["permutation"]["p"] == 1.0
     assert not r["ranking_changes"] and not r["beyond_seed_noise"]
@@ -78,22 +80,27 @@ def test_matrix_calls_a_noisy_swap_seed_noise() -> None:
         ("t1", "a", [60.0, 59.0, 61.0]), ("t1", "b", [59.5, 60.5, 59.8]), ("t1", "c", [50.0, 50.2, 49.9]),
         ("t2", "a", [59.8, 60.6, 59.0]), ("t2", "b", [60.2, 59.1, 60.9]), ("t2", "c", [50.1, 49.8, 50.0])]
         for k, v in enumerate(vals)]
-    r = akd_matrix.analyse(rows)
+    r = akd.analyse(rows)
     assert r["rank"]["t1"] == [1, 2, 3] and r["rank"]["t2"] == [2, 1, 3]
     assert r["ranking_changes"] and not any(p["consistent_flip"] for p in r["pairs"])
     assert r["permutation"]["p"] > 0.05 and not r["beyond_seed_noise"]
 
 
-def test_load_jobs_reads_a_sweep_folder(tmp_path: Path) -> None:
+def write_kd_jobs(sweep: Path) -> None:
+    """Two finished task=distill jobs: resnet8 from resnet20 and from wrn_16_2, seed 0, with their CE twins."""
     for i, (t, s, seed, kd, ce) in enumerate([("resnet20", "resnet8", 0, 40.0, 38.0),
                                               ("wrn_16_2", "resnet8", 0, 41.0, 38.0)]):
-        job = tmp_path / f"{i}-job"
+        job = sweep / f"{i}-job"
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "config.yaml").write_text(f"seed: {seed}\nmodel:\n  name: {s}\nteacher:\n  model: {t}\n")
         (job / "summary.json").write_text(json.dumps({"test_top1_last": kd, "ce_test_top1_last": ce,
                                                       "student": s, "teacher": [t]}))
+
+
+def test_load_jobs_reads_a_sweep_folder(tmp_path: Path) -> None:
+    write_kd_jobs(tmp_path)
     (tmp_path / "2-unfinished").mkdir()
-    got = akd_matrix.load_jobs(tmp_path)
+    got = akd.load_jobs(tmp_path)
     assert [(r["teacher"], r["student"], r["seed"], r["kd"], r["ce"]) for r in got] == [
         ("resnet20", "resnet8", 0, 40.0, 38.0), ("wrn_16_2", "resnet8", 0, 41.0, 38.0)]
     ce_job = tmp_path.parent / "ce_sweep" / "0-model=resnet8,seed=0"  # distill=ce: the CE baseline, once
@@ -103,11 +110,21 @@ def test_load_jobs_reads_a_sweep_folder(tmp_path: Path) -> None:
     (ce_job / "summary.json").write_text(json.dumps({"test_top1_last": 37.0, "student": "resnet8", "teacher": []}))
     for job in tmp_path.glob("*/summary.json"):  # KD jobs without their CE twin (distill.compare_ce=false)
         job.write_text(json.dumps({k: v for k, v in json.loads(job.read_text()).items() if not k.startswith("ce_")}))
-    got = akd_matrix.load_jobs([tmp_path, ce_job.parent])
+    got = akd.load_jobs([tmp_path, ce_job.parent])
     assert got[2]["teacher"] is None and got[2]["ce"] == 37.0
-    teachers, students, seeds, kd, ce = akd_matrix.to_arrays(got)
+    teachers, students, seeds, kd, ce = akd.to_arrays(got)
     assert teachers == ["resnet20", "wrn_16_2"] and students == ["resnet8"] and seeds == [0]
     assert kd[:, 0, 0].tolist() == [40.0, 41.0] and ce[:, 0, 0].tolist() == [37.0, 37.0]
+
+
+@pytest.mark.slow
+def test_akd_matrix_script_prints_the_matrix(tmp_path: Path) -> None:
+    write_kd_jobs(tmp_path)
+    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "akd_matrix.py"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert script.returncode == 0, script.stderr[-2000:]
+    assert "| resnet8 | 40.00 +- n/a (1) | 41.00 +- n/a (1) | 38.00 +- n/a (1) |" in script.stdout
+    assert "Not enough jobs yet" in script.stdout
 
 
 def test_replay_reads_the_correlate_tsv_layout(tmp_path: Path) -> None:
