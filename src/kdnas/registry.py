@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from kdnas.config import dataclass_from_node
 from kdnas.errors import ConfigError
 
 T = TypeVar("T")
@@ -116,21 +117,15 @@ class Registry(Generic[T]):
     def settings(self, name: str, node: Mapping[str, Any] | DictConfig | None) -> Any:
         """Entry ``name``'s settings dataclass from a config node (its ``name`` key ignored); an unknown key raises one
         ConfigError naming it and the accepted ones. A node composed from the option is checked already; this also
-        covers plain dicts (an arch's fixed decisions, the Python API)."""
+        covers plain dicts (an arch's fixed decisions, the Python API) and keys added with ``+group.key=``."""
         settings = self.entry(name).settings
         cfg = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
         cfg.pop("name", None)
-        if settings is None:
-            if cfg:
-                raise ConfigError(f"Unknown key(s) {', '.join(f'{self.group}.{k}' for k in sorted(cfg))} for "
-                                  f"{self.kind} {name!r}; it takes no keys besides {self.key}.")
-            return None
-        known = [f.name for f in dataclasses.fields(settings)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise ConfigError(f"Unknown key(s) {', '.join(f'{self.group}.{k}' for k in unknown)} for {self.kind} "
-                              f"{name!r}; it accepts {', '.join(f'{self.group}.{k}' for k in sorted(known))}.")
-        return settings(**cfg)
+        if settings is None and cfg:
+            raise ConfigError(f"Unknown key(s) {', '.join(f'{self.group}.{k}' for k in sorted(cfg))} for "
+                              f"{self.kind} {name!r}; it takes no keys besides {self.key}.")
+        return None if settings is None else dataclass_from_node(settings, cfg, str(self.group),
+                                                                 f" for {self.kind} {name!r}")
 
 
 def option_schema(settings: type, name: str | None = None) -> type:
