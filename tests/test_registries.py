@@ -191,3 +191,17 @@ def test_every_strategy_asks_tells_and_resumes(name: str) -> None:
     resumed = _strategy(name, seed=1)
     resumed.load_state_dict(strategy.state_dict())
     assert [a.arch_id for a in resumed.ask(4)] == [a.arch_id for a in strategy.ask(4)]
+
+
+def test_evolution_presets_search_alike_and_share_state() -> None:
+    """strategy=diswot and strategy=zero_cost are one algorithm under two registered names: the evolution's RNG stream
+    (as when both were `name: evolution`, so searches repeat), and a state either resumes."""
+    space = create_space("resnet_cifar")
+    diswot, zero_cost = (create_strategy({"name": n}, space, seed=3) for n in ("diswot", "zero_cost"))
+    assert (diswot.name, zero_cost.name) == ("diswot", "zero_cost")
+    first = diswot.ask(4)
+    assert [a.arch_id for a in first] == [a.arch_id for a in zero_cost.ask(4)]
+    diswot.tell(first, _reward(first))
+    resumed = create_strategy({"name": "zero_cost"}, space, seed=0)
+    resumed.load_state_dict(diswot.state_dict())
+    assert [a.arch_id for a in resumed.ask(4)] == [a.arch_id for a in diswot.ask(4)]
