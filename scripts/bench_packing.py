@@ -44,16 +44,16 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="kdnas-packing-"))
     cache = Path(args.cache_dir) if args.cache_dir else root / "cache"
     cores = len(os.sched_getaffinity(0))
-    base = ["space=resnet_cifar", "strategy=random", "search.evaluator=train", "search.objective=kd", "distill=kd",
+    base = ["space=resnet_cifar", "strategy=random", "evaluator=train", "evaluator.objective=kd", "distill=kd",
             f"teacher.model={args.teacher}", f"teacher.trainer.epochs={args.teacher_epochs}",
             f"trainer.device={args.device}", f"teacher.trainer.device={args.device}",
-            f"trainer.batch_size={args.batch_size}", "+search.trainer.epochs=1", "data.aug_seed=0", "seed=1",
+            f"trainer.batch_size={args.batch_size}", "evaluator.trainer.epochs=1", "data.aug_seed=0", "seed=1",
             "logger=none", "progress=false", f"paths.cache_dir={cache}"]
     if args.max_train_per_class:
         base += [f"data.max_train_per_class={args.max_train_per_class}",
                  f"data.max_test_per_class={args.max_train_per_class}"]
     if args.max_steps:
-        base += [f"+search.trainer.max_steps_per_epoch={args.max_steps}",
+        base += [f"evaluator.trainer.max_steps_per_epoch={args.max_steps}",
                  f"teacher.trainer.max_steps_per_epoch={args.max_steps}"]
     report = JsonReport(args.json, **device_info(resolve_device(args.device)), cores=cores, teacher=args.teacher,
                         space="resnet_cifar", recipe="KD, 1 epoch on mini-train, eval on mini-val and test",

@@ -1,6 +1,6 @@
 """Search throughput: candidates per hour of a training-based search, and the proxy search loop's own overhead.
 
-``train`` (default): a 1-epoch KD proxy training (``search.evaluator=train``'s path: TrainEvaluator ->
+``train`` (default): a 1-epoch KD proxy training (``evaluator=train``'s path: TrainEvaluator ->
 distill_student -> Trainer, val and test evaluation included) of ``--archs`` resnet_cifar archs on the mini split
 (``--per-class`` train images per class), one thread, per teacher, three ways, interleaved arch by arch in a
 rotating order:

@@ -91,7 +91,7 @@ def test_list_offers_only_what_composes() -> None:
 
     conf = Path(kdnas.__file__).parent / "conf"
     groups = kdnas.run("list")["groups"]
-    for group in ("strategy", "space", "proxy", "distill", "model", "experiment", "teacher"):
+    for group in ("strategy", "space", "evaluator", "distill", "model", "experiment", "teacher"):
         shipped = {p.stem for p in (conf / group).glob("*.yaml")}
         user = {p.stem for p in (Path.cwd() / "conf" / group).glob("*.yaml")}
         assert set(groups[group]) == shipped | user, group

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 TINY = ["data.max_train_per_class=20", "data.max_test_per_class=10", "trainer.epochs=1", "trainer.batch_size=16",
-        "trainer.max_steps_per_epoch=2", "search.trainer.max_steps_per_epoch=2", "teacher.model=resnet8",
+        "trainer.max_steps_per_epoch=2", "teacher.model=resnet8",  # evaluator.trainer follows trainer
         "teacher.trainer.epochs=1", "teacher.trainer.max_steps_per_epoch=2", "logger=none", "progress=false"]
 BUDGET_S = 0.01  # below one candidate's training and one supernet step: the first one already spends it
 

@@ -138,7 +138,7 @@ def test_a_key_added_later_with_its_default_keeps_the_hash() -> None:
     ("train_teacher", "teacher.model=resnet14"), ("train_teacher", "trainer@teacher.trainer=short"),
     ("train_teacher", "teacher.seed=2"), ("distill", "distill=at"), ("distill", "distill.temperature=2"),
     ("distill", "teacher.model=resnet14"), ("search", "strategy=random"), ("search", "strategy.population=4"),
-    ("search", "proxy=snip"), ("search", "space=nb201"), ("search", "search.budget=9"),
+    ("search", "evaluator.proxy=snip"), ("search", "space=nb201"), ("search", "search.budget=9"),
     ("search", "constraint=params_1m"), ("distill", "teacher.cache=off"),
 ])
 def test_a_changed_value_the_task_reads_changes_the_hash(task: str, override: str) -> None:

@@ -176,8 +176,8 @@ def test_bn_recalibration_sets_the_path_statistics(supernet: Supernet) -> None:
     assert all(torch.equal(v, supernet.state_dict()[k]) for k, v in before.items())  # supernet untouched
 
 
-# the supernet recipe is `trainer` with the `search.trainer` overrides (in task=search as in task=pipeline)
-CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "+search.trainer.epochs=3",
+# the supernet recipe is the train evaluator's `evaluator.trainer` (in task=search as in task=pipeline)
+CREAM = ["space=mbconv_cream", "space.layers=[1,1,1,1,1]", "strategy=cream", "evaluator.trainer.epochs=3",
          "trainer.max_steps_per_epoch=4", "strategy.warmup_epochs=1", "strategy.meta_every=3",
          "strategy.board_size=3", "strategy.bn_batches=1", "strategy.admission=minival",
          "strategy.external_teacher=true", "teacher.model=resnet8", "strategy.flops_bounds=[5e7]"]

@@ -31,8 +31,8 @@ from kdnas.teachers import weights_sha256
 
 from .helpers import SMOKE
 
-TRAIN_SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "search.evaluator=train", "search.objective=ce",
-                "search.budget=3", "search.batch=3", "+search.trainer.max_steps_per_epoch=2", "search.workers=2"]
+TRAIN_SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "evaluator=train", "evaluator.objective=ce",
+                "search.budget=3", "search.batch=3", "evaluator.trainer.max_steps_per_epoch=2", "search.workers=2"]
 
 
 def history(run: Path) -> list[dict[str, Any]]:
@@ -76,7 +76,7 @@ def test_per_epoch_reads_the_train_records_that_have_the_metric() -> None:
 @pytest.mark.slow
 def test_oracle_disagreement_reaches_the_search_history(tmp_path: Path) -> None:
     oracle = ["teacher=ensemble", "teacher.members=[{model:resnet8,seed:0},{model:resnet8,seed:1}]",
-              "teacher.combine=oracle", "distill=oracle", "search.objective=kd", "search.budget=1", "search.batch=1"]
+              "teacher.combine=oracle", "distill=oracle", "evaluator.objective=kd", "search.budget=1", "search.batch=1"]
     kdnas.run("search", [*TRAIN_SEARCH, *oracle], run_dir=tmp_path)
     (record,) = history(tmp_path)
     assert len(record["oracle_disagreement"]) == 1 and 0.0 <= record["oracle_disagreement"][0] <= 1.0
@@ -108,8 +108,8 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
     monkeypatch.setattr(TeacherLogitCache, "compute", logged_compute)
     monkeypatch.setattr(kdnas.distill.student, "distill_student", logged_distill)
     monkeypatch.setattr(Trainer, "evaluate", logged_evaluate)
-    kd = [*TRAIN_SEARCH, "search.objective=kd", "teacher.model=resnet8", "search.budget=2", "search.batch=2",
-          "search.executor=local", "+search.trainer.epochs=2", "seed=3", f"paths.cache_dir={tmp_path / 'cache'}",
+    kd = [*TRAIN_SEARCH, "evaluator.objective=kd", "teacher.model=resnet8", "search.budget=2", "search.batch=2",
+          "search.executor=local", "evaluator.trainer.epochs=2", "seed=3", f"paths.cache_dir={tmp_path / 'cache'}",
           f"paths.data_dir={os.environ['KDNAS_CACHE_DIR']}/data"]
     summary = kdnas.run("search", kd, run_dir=tmp_path / "run")
     assert summary["cache_misses"] == 2 and summary["aug_seed"] == 3
@@ -118,7 +118,7 @@ def test_a_search_builds_each_epochs_teacher_logits_once_before_its_first_candid
 
 
 def _train_evaluator(tmp_path: Path, overrides: list[str]) -> Any:
-    cfg = compose("search", [*SMOKE, "search.evaluator=train", *overrides])
+    cfg = compose("search", [*SMOKE, "evaluator=train", *overrides])
     ctx = RunContext(cfg, RunDir(tmp_path / "run"))
     return train_evaluator(ctx.workspace, space_from_config(cfg.space), train_settings(ctx, "ce"),
                            teacher_settings(ctx), seed=cfg.seed, runs=ctx.run.sub("candidates"))

@@ -59,8 +59,8 @@ def test_distill_with_ce_logs_roles_eta_and_the_comparison(tmp_path: Path, caplo
 def test_train_evaluator_search_names_each_candidate_and_ends_with_the_best(tmp_path: Path,
                                                                              caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kdnas")
-    found = kdnas.run("search", [*SMOKE, "space=resnet_cifar", "strategy=random", "search.evaluator=train",
-                                 "search.objective=ce", "search.budget=2", "search.batch=2",
+    found = kdnas.run("search", [*SMOKE, "space=resnet_cifar", "strategy=random", "evaluator=train",
+                                 "evaluator.objective=ce", "search.budget=2", "search.batch=2",
                                  "trainer.max_steps_per_epoch=1", "data.val_fraction=0.5"], run_dir=str(tmp_path))
     lines = messages(caplog)
     for k in (1, 2):

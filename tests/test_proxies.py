@@ -130,9 +130,9 @@ def test_semantic_form_auto_official_and_refused(tmp_path: Path) -> None:
     assert forced.semantic_form == "class" and forced.fingerprint != uniform.fingerprint  # part of the cache key
     built = _evaluator("resnet_cifar", tmp_path, width=None)  # the width read from the teacher itself
     assert built.semantic_form == "official" and built.fingerprint == uniform.fingerprint
-    with pytest.raises(ConfigError, match="proxy.semantic=official"):
+    with pytest.raises(ConfigError, match="evaluator.semantic=official"):
         _evaluator("resnet_cifar_large", tmp_path, semantic="official")
-    with pytest.raises(ConfigError, match="proxy.semantic=official"):  # resnet_cifar ends at 64, teacher at 32
+    with pytest.raises(ConfigError, match="evaluator.semantic=official"):  # resnet_cifar ends at 64, teacher at 32
         _evaluator("resnet_cifar", tmp_path, semantic="official", width=32)
 
 
@@ -203,7 +203,7 @@ GOLDEN_ARCHS = [(1, 1, 1), (3, 3, 3), (1, 5, 3)]  # resnet_cifar depths
 
 def _golden_scores(cache: Path) -> dict[str, dict[str, float]]:
     """Every registered proxy on 3 fixed resnet_cifar archs, on the bundled data's fixed proxy batch, against the
-    random resnet20 teacher a search builds (proxy.teacher_state=random), through the search's evaluator."""
+    random resnet20 teacher a search builds (evaluator.teacher_state=random), through the search's evaluator."""
     data = build_data(DataConfig(max_train_per_class=20, max_test_per_class=10), cache / "data", cache)
     settings = ProxySettings(batch_size=16)
     space = create_space("resnet_cifar")

@@ -20,8 +20,8 @@ from kdnas.report.plots import pareto_mask, search_trajectory
 from .helpers import SMOKE
 
 TRAIN = [*SMOKE, "model=resnet8", "trainer.max_steps_per_epoch=2"]
-SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "proxy=diswot", "proxy.batch_size=16", "search.budget=6",
-          "search.batch=3"]
+SEARCH = [*SMOKE, "space=resnet_cifar", "strategy=random", "evaluator.proxy=diswot", "evaluator.batch_size=16",
+          "search.budget=6", "search.batch=3"]
 
 
 def report(path: Path, out: Path) -> tuple[dict[str, Any], str]:

@@ -282,9 +282,9 @@ def test_a_soft_factor_never_multiplies_a_signed_score() -> None:
 def test_akd_reward_and_search_objective_must_agree() -> None:
     ce = AKDStrategy(ToySpace(), reward="ce")
     ce.check_search(budget=8, reward_kind="ce")
-    with pytest.raises(ConfigError, match="strategy.reward=ce but search.objective=kd"):
+    with pytest.raises(ConfigError, match="strategy.reward=ce but evaluator.objective=kd"):
         ce.check_search(budget=8, reward_kind="kd")
-    with pytest.raises(ConfigError, match="search.evaluator=train"):
+    with pytest.raises(ConfigError, match="evaluator=train"):
         ce.check_search(budget=8, reward_kind="proxy:diswot")
     AKDStrategy(ToySpace()).check_search(budget=8, reward_kind="proxy:diswot")  # kd with a proxy: labelled proxy
 

@@ -138,9 +138,9 @@ def test_time_budget_stops_asking_and_accumulates_over_resumes(tmp_path: Path, m
     assert search(1000)["stopped_by"] == "budget"
 
 
-GROUPS = ["space=resnet_cifar", "strategy=diswot", "proxy=diswot"]
+GROUPS = ["space=resnet_cifar", "strategy=diswot", "evaluator.proxy=diswot"]
 SEARCH = [*SMOKE, *GROUPS, "search.budget=8", "search.batch=4", "strategy.population=4",
-          "strategy.sample_size=2", "strategy.top_k=1", "proxy.batch_size=16"]
+          "strategy.sample_size=2", "strategy.top_k=1", "evaluator.batch_size=16"]
 
 
 def test_task_search_end_to_end_and_cached(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def _same(a: Any, b: Any) -> bool:
 
 CORRELATE = [*SMOKE, *GROUPS, "correlate.archs=6", "correlate.proxies=[diswot,params,snip]", "correlate.noise_subset=2",
              "+correlate.trainer.max_steps_per_epoch=2", "correlate.top_k=2", "correlate.bands=2",
-             "teacher.model=resnet8", "proxy.batch_size=16"]
+             "teacher.model=resnet8", "evaluator.batch_size=16"]
 
 
 @pytest.mark.slow
@@ -320,12 +320,12 @@ AKD_README = [*SMOKE, "space=mbconv_akd", "strategy=akd", "constraint=latency", 
 
 @pytest.mark.slow
 def test_akd_and_its_reward_keys_refuse_what_they_cannot_measure(tmp_path: Path) -> None:
-    """A soft latency factor on a signed proxy score, and strategy.reward against search.objective: errors
+    """A soft latency factor on a signed proxy score, and strategy.reward against evaluator.objective: errors
     before any training."""
-    with pytest.raises(ConfigError, match="search.evaluator=proxy rewards the proxy:diswot score"):
-        kdnas.run("search", [*AKD_README, "search.evaluator=proxy", "search.budget=2"], run_dir=tmp_path / "a")
-    with pytest.raises(ConfigError, match="strategy.reward=ce but search.objective=kd"):
-        kdnas.run("search", [*AKD_README, "strategy.reward=ce", "search.objective=kd", "search.budget=2"],
+    with pytest.raises(ConfigError, match="evaluator=proxy rewards the proxy:diswot score"):
+        kdnas.run("search", [*AKD_README, "evaluator=proxy", "search.budget=2"], run_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="strategy.reward=ce but evaluator.objective=kd"):
+        kdnas.run("search", [*AKD_README, "strategy.reward=ce", "evaluator.objective=kd", "search.budget=2"],
                   run_dir=tmp_path / "b")
 
 

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from kdnas import __version__
-from kdnas.config import NO_USER_CONF_WARNING, register_configs
+from kdnas.config import NO_USER_CONF_WARNING, check_overrides, register_configs
 from kdnas.context import RunContext, config_hash
 from kdnas.distill.terms import DistillConfig
 from kdnas.engine import distributed
@@ -265,6 +265,7 @@ def composition_error(e: Exception) -> CompositionError:
 def _compose(overrides: Sequence[str]) -> tuple[DictConfig, DictConfig]:
     """The task config (with ``choices_``, the group options selected) and Hydra's own node, composed like the
     CLI does (./conf included when the working directory has one); composition errors as CompositionError."""
+    check_overrides(overrides)  # a spelling of an older kdnas: one paragraph naming the new one
     try:
         with initialize_config_module(config_module="kdnas.conf", version_base="1.3"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=NO_USER_CONF_WARNING)

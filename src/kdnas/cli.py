@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kdnas import __version__
 from kdnas.api import compose, execute
 from kdnas.callbacks import OUTCOME
+from kdnas.config import check_overrides
 from kdnas.errors import KdnasError
 
 
@@ -44,6 +45,10 @@ def main() -> None:
     if "task=list" in args and not any(a.startswith("-") for a in args):
         _list(args)
         return
+    try:
+        check_overrides(args)  # a spelling of an older kdnas: one paragraph naming the new one
+    except KdnasError as e:
+        sys.exit(f"kdnas: error: {e}")
     _hydra_main()
     if not OUTCOME.failed:  # recorded by kdnas.callbacks.JobReport
         return

@@ -137,7 +137,7 @@ class KdnasConfig:
     distill: Any = None
     space: Any = None
     strategy: Any = None
-    proxy: Any = None
+    evaluator: Any = None  # typed per option: schema/evaluator/<kind> (ProxyEvaluatorConfig, TrainEvaluatorConfig)
     constraint: Any = None
     search: Any = None
     export: Any = None
@@ -154,10 +154,13 @@ def register_configs() -> None:
     # The root schema types every group it declares; option schemas live under schema/ (kdnas.registry), never as
     # choices of the group itself in Hydra's "available options" and `kdnas --help`.
     cs.store(name="kdnas_schema", node=KdnasConfig)
+    for kind, schema in EVALUATOR_SCHEMAS.items():  # evaluator/<kind>.yaml starts from /schema/evaluator/<kind>@_here_
+        cs.store(group="schema/evaluator", name=kind, node=schema)
 
 
 __all__ = ["MISSING", "KdnasConfig", "DataConfig", "ModelConfig", "TrainerConfig", "TeacherConfig",
-           "LoggerConfig", "PathsConfig", "SearchSettings", "register_configs", "dataclass_from_node", "to_object"]
+           "LoggerConfig", "PathsConfig", "SearchSettings", "ProxyEvaluatorConfig", "TrainEvaluatorConfig",
+           "check_overrides", "register_configs", "dataclass_from_node", "to_object"]
 
 
 def dataclass_from_node(schema: type[T], node: Any, key: str, hint: str = "") -> T:
@@ -179,15 +182,11 @@ def to_object(node: Any, schema: type) -> Any:
 
 @dataclass
 class SearchSettings:
-    """The ``search:`` config group (read by the sample-based loop, kdnas.search, and by Cream's)."""
+    """The ``search:`` config group (read by the sample-based loop, kdnas.search, and by Cream's). What measures a
+    candidate is the ``evaluator`` group."""
 
     budget: int = 64  # candidate evaluations
     batch: int = 8  # archs per ask/tell step
-    # proxy (training-free, proxy=...) | train (short training per candidate) | None: the strategy's default
-    # (train for akd and kdas, their papers' reward; proxy for the others)
-    evaluator: str | None = None
-    objective: str = "kd"  # train evaluator: kd (distill=...) | ce; the config follows strategy.reward where set
-    trainer: dict[str, Any] = field(default_factory=dict)  # train evaluator: overrides of trainer=...
     top_k: int = 5  # archs listed in topk.json
     time_budget_s: float | None = None  # also stop asking once the search's wall-clock reaches this
     checkpoint_every_s: float = 30.0  # seconds between the loop's checkpoints (one at the end too); 0: every step
@@ -198,9 +197,6 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.budget < 1 or self.batch < 1:
             raise ConfigError(f"search.budget={self.budget} and search.batch={self.batch} must be >= 1.")
-        if self.evaluator not in (None, "proxy", "train"):
-            raise ConfigError(f"search.evaluator={self.evaluator!r} is not one of proxy, train (or null: the "
-                              "strategy's default).")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"search.time_budget_s={self.time_budget_s} must be > 0 seconds, or null for no time "
                               "limit (search.budget alone ends the search).")
@@ -210,7 +206,71 @@ class SearchSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> SearchSettings:
+        keys = OmegaConf.to_container(node) if isinstance(node, DictConfig) else dict(node or {})
+        spelled = []  # as overrides, so that an old key's message names its new spelling with the value
+        for key, value in keys.items():
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            spelled += [f"search.{key}{'' if k is None else f'.{k}'}={v}" for k, v in items]
+        check_overrides(spelled, where="in the composed config")
         return dataclass_from_node(cls, node, "search")
+
+
+@dataclass
+class ProxyEvaluatorConfig:
+    """``evaluator=proxy``: candidates scored training-free on fixed batches (kdnas.evaluators.ProxySettings, whose
+    ``name`` is ``proxy`` here)."""
+
+    kind: str = "proxy"
+    proxy: str = "diswot"  # the score the search maximises (a registered proxy: diswot, snip, synflow, naswot, ...)
+    # DisWOT's semantic form, one per search: auto (official iff every arch has the teacher's width) | official
+    # (per-class channel correlation) | class (K x K, any width)
+    semantic: str = "auto"
+    combine: str = "sum"  # diswot = semantic | relational | sum (the paper's fitness) | rank (mean rank-normalised)
+    init: str = "default"  # default (the network's init) | normal (DisWOT's official N(0, 1) re-init)
+    teacher_state: str = "random"  # random (DisWOT: a freshly initialised teacher) | trained (the stored teacher)
+    batch_size: int = 64
+    num_batches: int = 1  # scores averaged over this many fixed batches (the same for every candidate)
+    split: str = "train"  # mini-train
+    rank_reference: int = 32  # combine=rank: archs sampled once per search as the rank reference
+
+
+def run_trainer() -> TrainerConfig:
+    """A trainer node whose every key is the run's (``${trainer.<key>}``): a full, typed recipe that follows
+    ``trainer=`` and its overrides unless a key of its own is set."""
+    return TrainerConfig(**{f.name: f"${{trainer.{f.name}}}" for f in fields(TrainerConfig)})
+
+
+@dataclass
+class TrainEvaluatorConfig:
+    """``evaluator=train``: every candidate trained briefly (kd from the teacher with ``distill=``, or ce);
+    reward = mini-val top-1 (the AKD protocol)."""
+
+    kind: str = "train"
+    objective: str = "${oc.select:strategy.reward,kd}"  # kd | ce; follows strategy.reward where the strategy has one
+    trainer: TrainerConfig = field(default_factory=run_trainer)  # the candidates' recipe; each key: the run's
+
+
+EVALUATOR_SCHEMAS: dict[str, type] = {"proxy": ProxyEvaluatorConfig, "train": TrainEvaluatorConfig}
+
+# Keys of kdnas before the ``evaluator`` group -> their new spelling (a trailing "." maps a whole subtree).
+_LEGACY = {"proxy": "evaluator.proxy", "proxy.name": "evaluator.proxy", "proxy.": "evaluator.",
+           "search.evaluator": "evaluator", "search.objective": "evaluator.objective",
+           "search.trainer": "evaluator.trainer", "search.trainer.": "evaluator.trainer."}
+
+
+def check_overrides(overrides: Sequence[str], where: str = "the command line") -> None:
+    """Raise one ConfigError paragraph for an override spelled as before the ``evaluator`` group (``proxy=snip``,
+    ``search.evaluator=train``, ``search.objective=ce``, ``+search.trainer.epochs=1``), naming the new spelling."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        new = _LEGACY.get(key) or next((n + key[len(o):] for o, n in _LEGACY.items()
+                                        if o.endswith(".") and key.startswith(o)), None)
+        if new is not None:
+            raise ConfigError(
+                f"{override!r} ({where}) is spelled as before kdnas's evaluator group: write {new + sep + value!r}. "
+                "What measures a candidate is now `evaluator=proxy` (evaluator.proxy=NAME, evaluator.combine=..., "
+                "the default) or `evaluator=train` (evaluator.objective=kd|ce and the candidates' recipe, a full "
+                "trainer node: evaluator.trainer.epochs=...; the default of strategy=akd, kdas and cream).")
 
 
 def compose_defaults(overrides: Sequence[str]) -> dict[str, Any]:

@@ -34,7 +34,8 @@ VOLATILE_KEYS = ("resume", "traceback", "progress", "logger", "paths", "run_dir"
 # Keys inside groups that change speed, placement or bookkeeping but not the numbers (resume is exact whatever the
 # checkpoint cadence; candidates give the same results in any executor).
 NEUTRAL_KEYS = ("trainer.log_every", "trainer.checkpoint_every", "teacher.trainer.log_every",
-                "teacher.trainer.checkpoint_every", "teacher.train_if_missing", "teacher.retrain",
+                "teacher.trainer.checkpoint_every", "evaluator.trainer.log_every", "evaluator.trainer.checkpoint_every",
+                "teacher.train_if_missing", "teacher.retrain",
                 "search.executor", "search.workers", "search.slurm", "report.after_sweep")
 # The top-level keys a task's result depends on; a task not listed depends on every key but the volatile ones.
 TASK_READS: dict[str, tuple[str, ...]] = {

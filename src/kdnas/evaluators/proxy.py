@@ -1,6 +1,5 @@
 """The training-free evaluator: proxy scores (:mod:`kdnas.proxies`) of each candidate on fixed batches, the same
-batch(es) for every candidate of a search; the teacher's statistics are computed once, on first need. Also the
-``proxy:`` config group's schema."""
+batch(es) for every candidate of a search; the teacher's statistics are computed once, on first need."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import torch
 from torch import nn
 
 from kdnas import teachers
-from kdnas.config import ModelConfig, TeacherConfig, dataclass_from_node
+from kdnas.config import ModelConfig, TeacherConfig
 from kdnas.data import Batch, DataModule
 from kdnas.distill.cache import tensor_sha256
 from kdnas.engine.workspace import Workspace
@@ -34,7 +33,8 @@ log = logging.getLogger("kdnas")
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """The ``proxy:`` config group: which score rewards the search, and how every proxy is computed."""
+    """``evaluator=proxy``, typed (``evaluator.proxy`` is ``name``): which score rewards the search, and how every
+    proxy is computed. Its fields and the cache identity (``asdict``) are those of the former ``proxy`` group."""
 
     name: str = "diswot"  # the reward (a registered proxy)
     semantic: str = "auto"  # auto (official iff every arch has the teacher's width, else class) | official | class
@@ -52,13 +52,9 @@ class ProxySettings:
                    "teacher_state": ("random", "trained")}
         for key, options in allowed.items():
             if getattr(self, key) not in options:
-                raise ConfigError(f"proxy.{key}={getattr(self, key)!r} is not one of {', '.join(options)}.")
+                raise ConfigError(f"evaluator.{key}={getattr(self, key)!r} is not one of {', '.join(options)}.")
         if self.combine == "rank" and self.rank_reference < 2:
-            raise ConfigError("proxy.combine=rank needs proxy.rank_reference >= 2 reference archs.")
-
-    @classmethod
-    def from_config(cls, node: Any) -> ProxySettings:
-        return dataclass_from_node(cls, node, "proxy")
+            raise ConfigError("evaluator.combine=rank needs evaluator.rank_reference >= 2 reference archs.")
 
 
 def proxy_batches(data: DataModule, settings: ProxySettings, seed: int, device: torch.device,
@@ -69,8 +65,8 @@ def proxy_batches(data: DataModule, settings: ProxySettings, seed: int, device: 
                          device=device, channels_last=channels_last, max_batches=settings.num_batches)
     batches = list(source.epoch(0))
     if len(batches) < settings.num_batches or len(batches[-1].y) < settings.batch_size:
-        raise ConfigError(f"proxy.batch_size={settings.batch_size} x proxy.num_batches={settings.num_batches} needs "
-                          f"more images than split {settings.split!r} has ({source.num_samples} used).")
+        raise ConfigError(f"evaluator.batch_size={settings.batch_size} x evaluator.num_batches={settings.num_batches} "
+                          f"needs more images than split {settings.split!r} has ({source.num_samples} used).")
     return batches
 
 

@@ -2,7 +2,7 @@
 controller samples students of ``space=mbconv_akd``, the loop's train evaluator (this strategy's default) trains each
 briefly with KD from the teacher, and the policy maximises its mini-val top-1 shaped by the constraint.
 
-Invariant: ``strategy.reward`` (kd | ce) is the one key that says how candidates are trained; ``search.objective``
+Invariant: ``strategy.reward`` (kd | ce) is the one key that says how candidates are trained; ``evaluator.objective``
 follows it, and a contradiction is a ConfigError. The history's ``reward_kind`` is what the evaluator measured.
 
 Reference: Liu, Jia, Tan et al., "Search to Distill: Pearls are Everywhere but not the Eyes", CVPR 2020; MnasNet,
@@ -33,13 +33,13 @@ class AKDSettings(PolicySettings):
 @register_strategy("akd", settings=AKDSettings)
 class AKDStrategy(PolicyStrategy):
     """An LSTM controller (one layer of 100 units, as NASNet/MnasNet) samples a student of the factorised space; the
-    train evaluator (``search.evaluator`` unset means ``train`` here) trains it for a few epochs on mini-train with
+    train evaluator (``evaluator=train``, this strategy's default) trains it for a few epochs on mini-train with
     KD from the teacher and reports mini-val top-1; the policy (PPO by default, as MnasNet; ``algo=reinforce`` for
     ENAS's REINFORCE) maximises ``ACC * (LAT / T) ** w`` (MnasNet Eq. 2; soft ``w = -0.07``, hard ``alpha = 0,
     beta = -1``: the ``constraint:`` group, LAT from the latency look-up table, or params/FLOPs targets instead).
 
     ``reward``: ``kd`` (AKD) or ``ce``, the paper's NAS baseline (NASNet-style search without the teacher).
-    ``search.objective`` follows it (``conf/search/default.yaml`` reads ``strategy.reward``); setting both to
+    ``evaluator.objective`` follows it (``conf/evaluator/train.yaml`` reads ``strategy.reward``); setting both to
     different values is a ConfigError (:meth:`check_reward_kind`), as is ``reward=ce`` with a proxy evaluator. The
     history's ``reward_kind`` is written by the search loop, not taken from this key."""
 
@@ -53,11 +53,12 @@ class AKDStrategy(PolicyStrategy):
 
     def check_reward_kind(self, kind: str) -> None:
         if kind in REWARDS and kind != self.objective:
-            raise ConfigError(f"strategy.reward={self.objective} but search.objective={kind}: the two keys disagree on "
-                              "how candidates are trained. Set strategy.reward alone (search.objective follows it), "
+            raise ConfigError(f"strategy.reward={self.objective} but evaluator.objective={kind}: the two keys disagree "
+                              "on how candidates are trained. Set strategy.reward alone (evaluator.objective follows "
+                              "it), "
                               f"e.g. strategy.reward={kind}.")
         if kind not in REWARDS and self.objective == "ce":
-            raise ConfigError(f"strategy.reward=ce trains candidates with cross-entropy, but search.evaluator=proxy "
-                              f"scores them with {kind}. Use search.evaluator=train (the default for strategy=akd), or "
+            raise ConfigError(f"strategy.reward=ce trains candidates with cross-entropy, but evaluator=proxy scores "
+                              f"them with {kind}. Use evaluator=train (the default for strategy=akd), or "
                               "drop strategy.reward=ce.")
         super().check_reward_kind(kind)

@@ -55,7 +55,7 @@ class Strategy:
     # The algorithm, where registered presets share one (strategy=diswot, strategy=zero_cost: evolution): it names the
     # RNG stream and the state, so presets search alike and resume each other's state. "" = ``name``.
     algorithm = ""
-    default_evaluator = "proxy"  # what search.evaluator=null means for this strategy (proxy | train)
+    default_evaluator = "proxy"  # the evaluator its strategy/<name>.yaml selects (proxy | train); tested to agree
     shapes_rewards = False  # a soft constraint shapes this strategy's rewards (else it changes nothing)
     own_loop = False  # runs its own search (Cream's supernet) instead of the shared ask/tell loop
 

@@ -323,7 +323,7 @@ class PolicyStrategy(Strategy):
     correction of the learners (see the module docstring).
     """
 
-    default_evaluator = "train"  # a policy learns from trained top-1 (AKD, KDAS); search.evaluator=proxy opts out
+    default_evaluator = "train"  # a policy learns from trained top-1 (AKD, KDAS); evaluator=proxy opts out
     shapes_rewards = True
 
     def __init__(self, space: SearchSpace, *, constraint: Constraint | None = None, costs: CostModel | None = None,
@@ -386,9 +386,9 @@ class PolicyStrategy(Strategy):
             raise ConfigError(
                 f"strategy={self.name} with a soft constraint ({targets}, constraint.mode=soft) multiplies each "
                 "reward by (cost / target) ** w, which penalises cost only for a non-negative reward such as a trained "
-                f"top-1, but search.evaluator=proxy rewards the {kind} score, whose sign and offset are arbitrary (a "
+                f"top-1, but evaluator=proxy rewards the {kind} score, whose sign and offset are arbitrary (a "
                 "negative DisWOT score times a factor < 1 rises, so slow nets would win). Train the candidates "
-                "(search.evaluator=train, the paper's reward), or reject over-limit candidates with "
+                "(evaluator=train, the paper's reward), or reject over-limit candidates with "
                 "constraint.mode=hard.")
 
     def shape(self, arch: Arch, result: Mapping[str, Any]) -> dict[str, Any]:

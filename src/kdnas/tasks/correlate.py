@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from kdnas.config import TrainerConfig, dataclass_from_node
 from kdnas.context import RunContext, to_object
@@ -125,12 +126,13 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
     truth: Truth = {}
     aug_seeds: dict[str, int] = {}
     teacher, worker = teacher_settings(ctx), worker_recipe(ctx)
+    recipe = to_object(OmegaConf.merge(ctx.cfg.trainer, s.trainer), TrainerConfig)  # correlate.trainer on top
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
         for k in range(1 + s.noise_seeds):
             subset = archs if k == 0 or s.cached_only else noise_subset(archs, s.noise_subset)  # cached: any
             seed = ctx.cfg.seed + k
-            ev = train_evaluator(ctx.workspace, space, train_settings(ctx, objective, s.trainer), teacher, seed=seed,
+            ev = train_evaluator(ctx.workspace, space, train_settings(ctx, objective, recipe), teacher, seed=seed,
                                  costs=costs, runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool,
                                  worker=worker)
             aug_seeds[f"seed{seed}"] = ev.aug_seed

@@ -1,13 +1,13 @@
 """task=pipeline: the whole DisWOT workflow in one command.
 
-teacher (from the store, trained on first use) -> search (``strategy=``, ``proxy=``, ``space=``,
+teacher (from the store, trained on first use) -> search (``strategy=``, ``evaluator=``, ``space=``,
 ``constraint=``) -> the winner distilled from the teacher with ``distill=`` (KD; ``distill=diswot`` adds the
 DisWOT terms as losses, DisWOT-dagger) and, for comparison, the same student (same init, data order and
 recipe) trained with CE alone -> a short plain-text table, also written to ``pipeline.txt``.
 
 Every strategy runs here as in task=search (:func:`kdnas.search.run_strategy`); ``strategy=cream`` trains its
-supernet with the search recipe (``trainer`` with the ``search.trainer`` overrides, the recipe the train
-evaluator's candidates get), since ``trainer`` is the winner's retraining recipe. The summary's ``timings``
+supernet with the search recipe (``evaluator.trainer``, each key the run's ``trainer`` unless set: the recipe the
+train evaluator's candidates get), since ``trainer`` is the winner's retraining recipe. The summary's ``timings``
 (seconds of this session's wall clock) make runs comparable at an equal budget (experiment=compare_strategies):
 ``search_s`` + ``retrain_s`` (the winner's KD training) = ``total_s``, the cost of a distilled student; the
 teacher (``teacher_s``) and the CE baseline (``ce_s``) are reported outside it. ``timings.cpu`` has the same keys
@@ -51,7 +51,7 @@ def searched(found: dict[str, Any], cfg: DictConfig) -> str:
     """How the winner was found, for the table's title."""
     if "evaluated" not in found:  # cream
         return f"supernet board of {found['board_size']}"
-    how = f"proxy {cfg.proxy.name}" if found["evaluator"] == "proxy" else f"{found['evaluator']} evaluator"
+    how = f"proxy {cfg.evaluator.proxy}" if found["evaluator"] == "proxy" else f"{found['evaluator']} evaluator"
     return f"{how}, {found['evaluated']} candidates"
 
 

@@ -1,5 +1,6 @@
 """task=search: find a student architecture with ``strategy=`` in ``space=`` under ``constraint=``, scored by
-a training-free ``proxy=`` (default) or short training (``search.evaluator=train``); see :mod:`kdnas.search`.
+``evaluator=proxy`` (training-free, ``evaluator.proxy=diswot``; the default) or ``evaluator=train`` (a short training
+per candidate, the default of strategy=akd, kdas and cream); see :mod:`kdnas.search`.
 
 ``strategy=cream`` is weight-sharing (its evaluator is the supernet itself) and runs its own loop
 (``Strategy.search``), with the same output files (history.jsonl, best_arch.json).
@@ -11,43 +12,62 @@ worker process rebuilds the training evaluator with.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from kdnas.config import SearchSettings, TeacherConfig, TrainerConfig, to_object
+from kdnas.config import EVALUATOR_SCHEMAS, SearchSettings, TeacherConfig, TrainerConfig, to_object
 from kdnas.context import RunContext
 from kdnas.distill.terms import distill_config
 from kdnas.engine.trainer import apply_runtime
+from kdnas.errors import ConfigError
 from kdnas.evaluators import ProxySettings, TrainEvaluator, TrainSettings, WorkerSpec
 from kdnas.runs import RunDir
 from kdnas.search import SearchJob, run_strategy
 from kdnas.spaces import space_from_config
 from kdnas.spaces.constraints import constraint_from_config
-from kdnas.strategies.base import strategy_class
 from kdnas.teachers import teacher_config
-
-log = logging.getLogger("kdnas")
 
 
 def teacher_settings(ctx: RunContext) -> TeacherConfig:
     return teacher_config(ctx.cfg.teacher)
 
 
+def _evaluator_node(ctx: RunContext, kind: str | None = None) -> dict[str, Any]:
+    """The ``evaluator`` group's node (checked to be of ``kind`` when given) as a plain dict."""
+    node = OmegaConf.to_container(ctx.cfg.evaluator, resolve=True) if ctx.cfg.get("evaluator") is not None else {}
+    assert isinstance(node, dict)
+    if node.get("kind") not in EVALUATOR_SCHEMAS:
+        raise ConfigError(f"evaluator.kind={node.get('kind')!r} is not one of {', '.join(EVALUATOR_SCHEMAS)}: select "
+                          "the evaluator with evaluator=proxy or evaluator=train.")
+    if kind is not None and node["kind"] != kind:
+        raise ConfigError(f"task={ctx.cfg.task} reads the evaluator={kind} settings, but evaluator={node['kind']} is "
+                          f"selected: add evaluator={kind} to the command.")
+    return node
+
+
 def proxy_settings(ctx: RunContext) -> ProxySettings:
-    """The ``proxy`` group, typed."""
-    return ProxySettings.from_config(ctx.cfg.proxy)
+    """``evaluator=proxy``, typed (its ``proxy`` is the settings' ``name``)."""
+    node = _evaluator_node(ctx, "proxy")
+    node.pop("kind")
+    return ProxySettings(name=node.pop("proxy"), **node)
 
 
-def train_settings(ctx: RunContext, objective: str, trainer: Any = None) -> TrainSettings:
-    """Candidate training: ``objective`` kd (the ``distill`` losses) or ce, with the run's ``trainer`` recipe and the
-    ``trainer`` overrides on top."""
+def train_settings(ctx: RunContext, objective: str, trainer: TrainerConfig | None = None) -> TrainSettings:
+    """Candidate training: ``objective`` kd (the ``distill`` losses) or ce, with the recipe ``trainer`` (default: the
+    run's ``trainer``)."""
     cfg = ctx.cfg
-    recipe = to_object(OmegaConf.merge(cfg.trainer, trainer or {}), TrainerConfig)
-    return TrainSettings(objective=objective, trainer=recipe,
+    return TrainSettings(objective=objective, trainer=trainer or to_object(cfg.trainer, TrainerConfig),
                          distill=distill_config(cfg.distill) if objective == "kd" else None,
                          aug_seed=cfg.data.aug_seed)
+
+
+def evaluator_settings(ctx: RunContext) -> ProxySettings | TrainSettings:
+    """The selected ``evaluator`` group option, typed."""
+    node = _evaluator_node(ctx)
+    if node["kind"] == "proxy":
+        return proxy_settings(ctx)
+    return train_settings(ctx, node["objective"], TrainerConfig(**node["trainer"]))
 
 
 def worker_recipe(ctx: RunContext) -> WorkerSpec:
@@ -71,14 +91,8 @@ def search_job(ctx: RunContext) -> SearchJob:
     settings = SearchSettings.from_config(cfg.search)
     strategy = OmegaConf.to_container(cfg.strategy, resolve=True) if cfg.strategy is not None else {}
     assert isinstance(strategy, dict)
-    kind = settings.evaluator or strategy_class(strategy.get("name")).default_evaluator
-    if settings.evaluator is None:
-        log.info("search.evaluator not set: strategy %s's default is %s", strategy.get("name"),
-                 "train (candidates trained briefly, the paper's reward)" if kind == "train" else
-                 f"proxy (candidates scored by proxy={cfg.proxy.name})")
-    evaluator = train_settings(ctx, settings.objective, settings.trainer) if kind == "train" else proxy_settings(ctx)
     return SearchJob(settings=settings, space=space_from_config(cfg.space), strategy=strategy,
-                     constraint=constraint_from_config(cfg.constraint), evaluator=evaluator,
+                     constraint=constraint_from_config(cfg.constraint), evaluator=evaluator_settings(ctx),
                      teacher=teacher_settings(ctx), worker=worker_recipe(ctx))
 
 

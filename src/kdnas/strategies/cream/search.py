@@ -430,11 +430,11 @@ class Cream(CreamStrategy):
         recipe = getattr(job.evaluator, "trainer", None)
         if not isinstance(recipe, TrainerConfig):
             raise ConfigError("strategy=cream trains its supernet with the candidates' training recipe: it runs with "
-                              "the training evaluator (its default), not a proxy. Drop the proxy evaluator setting.")
+                              "evaluator=train (its default), not a proxy: drop evaluator=proxy.")
         found = CreamSearch(ws, cream_config(job.strategy), job.space, run=run, trainer=recipe, teacher=job.teacher,
                             time_budget_s=job.settings.time_budget_s).run()
         if "best_arch_path" not in found:
             raise ConfigError("strategy=cream ended with an empty board: its search stopped during the warm-up (no "
                               "path is admitted before). Set strategy.warmup_epochs=0 or a shorter warm-up, or raise "
-                              "search.time_budget_s / search.trainer.epochs.")
+                              "search.time_budget_s / evaluator.trainer.epochs.")
         return found
