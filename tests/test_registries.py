@@ -205,3 +205,17 @@ def test_evolution_presets_search_alike_and_share_state() -> None:
     resumed = create_strategy({"name": "zero_cost"}, space, seed=0)
     resumed.load_state_dict(diswot.state_dict())
     assert [a.arch_id for a in resumed.ask(4)] == [a.arch_id for a in diswot.ask(4)]
+
+
+@pytest.mark.parametrize(("override", "key", "value"), [
+    ("constraint.params_max=1000000", "constraint.params_max", 1000000),
+    ("constraint=params_1m", "constraint.params_max", 1000000),
+    ("strategy=akd strategy.entropy_weight=0", "strategy.entropy_weight", 0),
+    ("distill.temperature=4", "distill.temperature", 4.0),
+])
+def test_typed_options_keep_the_values_they_composed_to_before(override: str, key: str, value: Any) -> None:
+    """Groups untyped before the registry (space, strategy, constraint) keep an int given to a float field: the value
+    is in the config hash, so 1000000.0 would refuse to resume (and re-run in a sweep) every folder made with
+    ``constraint.params_max=1000000``. The distill group was typed before: its floats stay floats."""
+    composed = OmegaConf.select(compose(None, override.split()), key)
+    assert composed == value and type(composed) is type(value)

@@ -49,7 +49,7 @@ def register_schemas() -> None:
     options are presets of one dataclass, and the space and strategy registries' (stored as their modules register
     each option; config.py imports no feature, so the task layer does this)."""
     register_configs()
-    store_schema("distill", DistillConfig)
+    store_schema("distill", DistillConfig, keep_ints=False)  # typed (floats) since before the registry
     store_schema("constraint", Constraint)
     for registry in (SPACES, STRATEGIES):
         registry.load()

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
+import operator
+import types
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -128,11 +131,13 @@ class Registry(Generic[T]):
                                                                  f" for {self.kind} {name!r}")
 
 
-def option_schema(settings: type, name: str | None = None) -> type:
+def option_schema(settings: type, name: str | None = None, *, keep_ints: bool = True) -> type:
     """The node an option composes onto: ``settings``'s fields (types resolved, defaults kept; a frozen dataclass
     gives a writable copy, and no ``__post_init__`` runs at composition), after a ``name`` field defaulting to
-    ``name`` when given. Every field needs a default: an option must compose from its yaml alone."""
-    hints = typing.get_type_hints(settings)
+    ``name`` when given. Every field needs a default: an option must compose from its yaml alone. ``keep_ints``: a
+    float field also takes an int and keeps it (``constraint.params_max=1000000`` stays 1000000, as when these
+    groups were untyped, so config hashes and run folders do not change)."""
+    hints = {k: _widen(t) if keep_ints else t for k, t in typing.get_type_hints(settings).items()}
     specs: list[tuple[str, Any, Any]] = [("name", str, dataclasses.field(default=name))] if name is not None else []
     for f in dataclasses.fields(settings):
         if name is not None and f.name == "name":
@@ -145,11 +150,25 @@ def option_schema(settings: type, name: str | None = None) -> type:
     return dataclasses.make_dataclass(settings.__name__, specs)
 
 
-def store_schema(group: str, settings: type) -> None:
+def _widen(hint: Any) -> Any:
+    """``hint`` with every ``float`` (also inside Optional, Union, list, dict) widened to ``int | float``."""
+    if hint is float:
+        return int | float
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return functools.reduce(operator.or_, (_widen(a) for a in args))
+    if origin is list:
+        return list[_widen(args[0])]
+    if origin is dict:
+        return dict[args[0], _widen(args[1])]
+    return hint
+
+
+def store_schema(group: str, settings: type, *, keep_ints: bool = True) -> None:
     """Store one schema for every option of ``group`` (whose options are presets of one dataclass, such as
     ``distill`` and ``constraint``) as ``schema/<group>``; each option's defaults start with
-    ``/schema/<group>@_here_``."""
-    ConfigStore.instance().store(group=SCHEMA_GROUP, name=group, node=option_schema(settings))
+    ``/schema/<group>@_here_``. ``keep_ints``: as :func:`option_schema` (False for a group typed before)."""
+    ConfigStore.instance().store(group=SCHEMA_GROUP, name=group, node=option_schema(settings, keep_ints=keep_ints))
 
 
 def registries() -> dict[str, Registry[Any]]:
