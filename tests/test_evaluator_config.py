@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import kdnas
 from kdnas.api import CompositionError, compose
 from kdnas.config import ProxyEvaluatorConfig, SearchSettings, TrainerConfig, to_object
 from kdnas.context import RunContext, config_hash
@@ -34,6 +35,12 @@ def test_the_command_line_evaluator_wins_over_the_strategys() -> None:
     assert compose("search", ["strategy=akd", "evaluator=proxy"]).evaluator.kind == "proxy"
     assert compose("search", ["evaluator=proxy", "strategy=akd"]).evaluator.kind == "proxy"
     assert compose("search", ["strategy=random", "evaluator=train"]).evaluator.kind == "train"
+
+
+def test_cream_refuses_a_proxy_evaluator(tmp_path: Path) -> None:
+    """Cream's supernet trains with the candidates' recipe: a proxy evaluator has none."""
+    with pytest.raises(ConfigError, match="drop evaluator=proxy"):
+        kdnas.run("search", [*SMOKE, "space=mbconv_cream", "strategy=cream", "evaluator=proxy"], run_dir=tmp_path)
 
 
 def test_the_options_are_proxy_and_train_only() -> None:

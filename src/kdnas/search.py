@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdnas.config import SearchSettings, TeacherConfig
+from kdnas.config import SearchSettings, TeacherConfig, TrainerConfig
 from kdnas.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from kdnas.engine.trainer import apply_runtime
 from kdnas.engine.workspace import Workspace
@@ -59,7 +59,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class SearchJob:
-    """Everything a search reads besides its workspace, typed: the task layer builds it from the config."""
+    """Everything a search reads besides its workspace, typed: the task layer builds it from the config (a
+    :class:`~kdnas.strategies.base.SearchInputs`, what a strategy's own search reads)."""
 
     settings: SearchSettings
     space: SearchSpace
@@ -68,6 +69,11 @@ class SearchJob:
     evaluator: ProxySettings | TrainSettings  # what measures a candidate: a proxy score or a short training
     teacher: TeacherConfig  # the run's teacher: KD candidates, DisWOT's trained reference, Cream's mentor
     worker: WorkerSpec | None = None  # how a worker process rebuilds the training evaluator (pooled executors)
+
+    @property
+    def recipe(self) -> TrainerConfig | None:
+        """The candidates' training recipe (``evaluator=train``; Cream's supernet recipe), else None."""
+        return self.evaluator.trainer if isinstance(self.evaluator, TrainSettings) else None
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

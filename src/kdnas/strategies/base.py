@@ -22,7 +22,7 @@ import math
 import pkgutil
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -34,11 +34,29 @@ from kdnas.spaces.costs import CostModel
 from kdnas.utils import derive_seed
 
 if TYPE_CHECKING:
+    from kdnas.config import SearchSettings, TeacherConfig, TrainerConfig
     from kdnas.engine.workspace import Workspace
     from kdnas.runs import RunDir
-    from kdnas.search import SearchJob
 
 log = logging.getLogger("kdnas")
+
+
+class SearchInputs(Protocol):
+    """What a search reads besides its workspace, typed (:class:`kdnas.search.SearchJob`, which the task layer
+    builds; the loop sits above this layer, hence a protocol here)."""
+
+    @property
+    def settings(self) -> SearchSettings: ...
+    @property
+    def space(self) -> SearchSpace: ...
+    @property
+    def strategy(self) -> Mapping[str, Any]: ...  # the strategy's settings: its name and that strategy's keys
+    @property
+    def constraint(self) -> Constraint: ...
+    @property
+    def teacher(self) -> TeacherConfig: ...
+    @property
+    def recipe(self) -> TrainerConfig | None: ...  # the candidates' training recipe (evaluator=train), else None
 
 
 def reward_key(result: Mapping[str, Any]) -> float:
@@ -70,8 +88,8 @@ class Strategy:
 
     # -- the protocol -----------------------------------------------------------------------------
     @classmethod
-    def search(cls, ws: Workspace, run: RunDir, job: SearchJob,
-               loop: Callable[[Workspace, RunDir, SearchJob], dict[str, Any]]) -> dict[str, Any]:
+    def search(cls, ws: Workspace, run: RunDir, job: SearchInputs,
+               loop: Callable[[Workspace, RunDir, Any], dict[str, Any]]) -> dict[str, Any]:
         """The whole search of this strategy in the run folder ``run``, returning its summary (with
         ``best_arch_path``). By default the shared ask/tell loop ``loop`` (:func:`kdnas.search.search`, which builds
         the strategy from ``job``, the typed settings): it is passed in because the loop sits above the strategies. A

@@ -57,7 +57,7 @@ from kdnas.strategies.cream.supernet import MacsTable, Supernet, recalibrate_bn
 from kdnas.utils import atomic_write_json, derive_seed, read_jsonl
 
 if TYPE_CHECKING:
-    from kdnas.search import SearchJob
+    from kdnas.strategies.base import SearchInputs
 
 log = logging.getLogger("kdnas")
 SCHEMA_VERSION = 1
@@ -425,10 +425,10 @@ class Cream(CreamStrategy):
     default_evaluator = "train"
 
     @classmethod
-    def search(cls, ws: Workspace, run: RunDir, job: SearchJob, loop: Any = None) -> dict[str, Any]:
+    def search(cls, ws: Workspace, run: RunDir, job: SearchInputs, loop: Any = None) -> dict[str, Any]:
         """The supernet search in ``run`` (``loop``, the shared one, is not used)."""
-        recipe = getattr(job.evaluator, "trainer", None)
-        if not isinstance(recipe, TrainerConfig):
+        recipe = job.recipe
+        if recipe is None:
             raise ConfigError("strategy=cream trains its supernet with the candidates' training recipe: it runs with "
                               "evaluator=train (its default), not a proxy: drop evaluator=proxy.")
         found = CreamSearch(ws, cream_config(job.strategy), job.space, run=run, trainer=recipe, teacher=job.teacher,
