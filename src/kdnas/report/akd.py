@@ -12,16 +12,15 @@ job's CE twin (``distill.compare_ce``).
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from kdnas.correlation import kendall, mean_se
+from kdnas.report.collect import load_target
 
 
 def _ce_only(cfg: dict[str, Any], summary: dict[str, Any]) -> bool:
@@ -34,17 +33,13 @@ def load_jobs(sweeps: str | Path | Sequence[str | Path], metric: str = "test_top
     a CE-only job is a record with teacher None and its accuracy as ``ce``."""
     records = []
     for sweep in [sweeps] if isinstance(sweeps, (str, Path)) else sweeps:
-        for summary_path in sorted(Path(sweep).glob("*/summary.json")):
-            job = summary_path.parent
-            summary = json.loads(summary_path.read_text())
-            summary = summary.get("summary", summary)
-            cfg_path = job / ".hydra" / "config.yaml"
-            cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+        for job in load_target(Path(sweep))[1]:
+            summary, cfg = job.summary.get("summary", job.summary), job.config
             student = (cfg.get("model") or {}).get("name") or summary.get("student")
             seed = cfg.get("seed", summary.get("seed"))
             if metric not in summary or student is None or seed is None:
                 continue
-            record = {"job": f"{Path(sweep).name}/{job.name}", "student": str(student), "seed": int(seed)}
+            record = {"job": f"{Path(sweep).name}/{job.path.name}", "student": str(student), "seed": int(seed)}
             if _ce_only(cfg, summary):
                 records.append({**record, "teacher": None, "kd": math.nan, "ce": float(summary[metric])})
                 continue
