@@ -4,6 +4,8 @@ experiment/compare/random.yaml, a job of experiment=compare_strategies); a multi
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import kdnas
 from kdnas.api import compose
-from kdnas.api import run as kdnas_run
 from kdnas.tasks import TASKS
 
 EXPERIMENTS = Path(kdnas.__file__).resolve().parent / "conf" / "experiment"
@@ -99,6 +100,8 @@ def test_preset_composes(preset: str, overrides: list[str]) -> None:
 @pytest.mark.parametrize(("preset", "job"), RUNS, ids=[p for p, _ in RUNS])
 def test_preset_runs_one_smoke_step(preset: str, job: list[str], tmp_path: Path) -> None:
     cfg = compose(None, job)
-    summary = kdnas_run(cfg.task, [*job, *smoke_overrides(cfg)], run_dir=tmp_path / "run")
-    assert (tmp_path / "run" / "summary.json").is_file(), summary
-    assert summary.get("task", cfg.task) == cfg.task
+    summary = kdnas.run(cfg.task, [*job, *smoke_overrides(cfg)], run_dir=str(tmp_path / "run"))
+    written = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert written["task"] == cfg.task == summary["task"]
+    figures = [v for k, v in written.items() if k.endswith("top1_last") or k == "best_reward"]
+    assert figures and all(math.isfinite(v) for v in figures), written
