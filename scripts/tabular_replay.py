@@ -1,15 +1,8 @@
-"""Replay AKD, random search and evolution over a measured table for many seeds (see kdnas.benchmarks.tabular).
-
-Every strategy runs with its shipped config (``conf/strategy/<name>.yaml``), once with the KD and once with
-the CE top-1 as reward, under one hard cost limit (``--cost`` at the table's ``--quantile``, or ``--limit``),
-and is judged by the KD top-1 of its winners:
+"""Replay AKD, random search and evolution (their shipped configs; KD and CE reward) over a measured table for many
+seeds, under one hard cost limit, judged by their winners' KD top-1 (kdnas.benchmarks.tabular):
 
     python scripts/tabular_replay.py RUN/correlate.tsv --budget 100 --seeds 20 --out replay.json
-
-``--evals KD_DIR CE_DIR`` builds the table instead from the train evaluator's cache folders
-(``$KDNAS_CACHE_DIR/evals/<fingerprint>``, one ``<arch_id>.json`` per trained arch) of a KD and a CE ground truth,
-e.g. of a task=correlate run still in progress: the archs both hold, with ``--metric`` (``test_top1`` or
-``val_top1``) as the accuracy and the cached params/FLOPs as costs.
+    python scripts/tabular_replay.py --evals KD_DIR CE_DIR  # two train-evaluator caches ($KDNAS_CACHE_DIR/evals/FP)
 """
 
 from __future__ import annotations
