@@ -15,7 +15,9 @@ PACKAGE = Path(kdnas.__file__).parent
 ENTRY = ("kdnas.tasks", "kdnas.api", "kdnas.cli", "kdnas.callbacks")  # what drives the library, never under it
 LIBRARY = ("kdnas.distill", "kdnas.spaces", "kdnas.strategies", "kdnas.evaluators", "kdnas.execution", "kdnas.proxies",
            "kdnas.models", "kdnas.engine", "kdnas.data", "kdnas.search", "kdnas.teachers", "kdnas.report", "kdnas.runs",
-           "kdnas.loggers", "kdnas.progress", "kdnas.correlation")
+           "kdnas.loggers", "kdnas.progress", "kdnas.correlation", "kdnas.benchmarks")
+# The CLI's per-run context: library code gets a kdnas.engine.workspace.Workspace and typed settings instead.
+TASK_CONTEXT = ("kdnas.context",)
 # The search loop, its evaluators and where they run sit above the pieces they drive.
 LOOP = ("kdnas.search", "kdnas.evaluators", "kdnas.execution")
 BELOW_LOOP = ("kdnas.distill", "kdnas.spaces", "kdnas.strategies", "kdnas.proxies", "kdnas.models", "kdnas.engine",
@@ -59,6 +61,8 @@ def violations(name: str, source: str, is_package: bool = False) -> list[str]:
     bad = []
     if within(name, LIBRARY):
         bad += [f"{m} (library code never imports the entry points)" for m in found if within(m, ENTRY)]
+        bad += [f"{m} (library code takes a Workspace and typed settings, not the tasks' RunContext)"
+                for m in found if within(m, TASK_CONTEXT)]
     if within(name, BELOW_LOOP):
         bad += [f"{m} (the search loop and evaluators are above this layer)" for m in found if within(m, LOOP)]
     if within(name, FOUNDATION):
@@ -79,6 +83,9 @@ def test_the_walk_finds_the_package() -> None:
     assert not violations("kdnas.distill.example", "from kdnas.models import create_model\n")
     assert not violations("kdnas.config", "from kdnas.errors import ConfigError\n")
     assert violations("kdnas.registry", "from kdnas.spaces import SPACES\n")
+    assert violations("kdnas.teachers.load", "from kdnas.context import RunContext\n")
+    assert violations("kdnas.search", "if TYPE_CHECKING:\n    from kdnas.context import RunContext\n")
+    assert not violations("kdnas.tasks.search", "from kdnas.context import RunContext\n")
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

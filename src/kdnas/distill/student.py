@@ -65,7 +65,6 @@ def distill_student(ws: Workspace, student_model: nn.Module, teacher: Teacher | 
     ``student_name`` picks the per-pair DKD beta; ``label`` names the run in its log lines (default "KD student
     <name>", or "CE baseline <name>" without a teacher).
     """
-    ws = ws.workspace if hasattr(ws, "workspace") else ws  # transitional: a RunContext (removed by the lead)
     cfg = distill_config(distill_cfg)
     tcfg = to_object(trainer_cfg, TrainerConfig) if trainer_cfg is not None else ws.trainer_config
     name = student_name

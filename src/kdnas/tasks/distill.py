@@ -7,26 +7,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-from torch import nn
-
 from kdnas import correlation, teachers
-from kdnas.config import ModelConfig, StudentConfig, TrainerConfig, to_object
+from kdnas.config import ModelConfig, StudentConfig, to_object
 from kdnas.context import RunContext
 from kdnas.correlation import comparison_line, paired_comparison
 from kdnas.distill.schemes import SCHEMES
 from kdnas.distill.student import distill_student, student_factory, write_card
 from kdnas.distill.terms import DistillConfig, active_weights, distill_config
 
-__all__ = ["comparison_line", "distill_student", "paired_comparison", "run", "student_factory", "test_hits"]
 log = logging.getLogger("kdnas")
 TOP1 = ("test_top1_best", "test_top1_last")
-
-
-def test_hits(ctx: RunContext, model: nn.Module, trainer_cfg: TrainerConfig | Any | None = None) -> torch.Tensor:
-    """Transitional (tasks/pipeline.py, removed by the lead): :func:`kdnas.correlation.test_hits` of the run."""
-    tcfg = to_object(trainer_cfg, TrainerConfig) if trainer_cfg is not None else ctx.workspace.trainer_config
-    return correlation.test_hits(ctx.data, model, tcfg)
 
 
 def student_settings(cfg: Any) -> tuple[ModelConfig, StudentConfig]:

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kdnas.context import RunContext
+from kdnas.correlation import comparison_line, paired_comparison, test_hits
 from kdnas.distill.student import distill_student
 from kdnas.distill.terms import active_weights, distill_config
 from kdnas.evaluators import CE_ONLY
@@ -30,7 +31,6 @@ from kdnas.progress import duration
 from kdnas.search import run_strategy
 from kdnas.spaces import build_candidate, load_arch, space_for
 from kdnas.spaces.costs import CostModel, count_params
-from kdnas.tasks.distill import comparison_line, paired_comparison, test_hits
 from kdnas.tasks.search import search_job
 from kdnas.teachers import load
 
@@ -107,7 +107,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
                  f"kdnas pipeline: {cfg.data.name}, space {space.name}, strategy {found['strategy']}, "
                  f"{searched(found, cfg)}")
     gain = kd["test_top1_last"] - ce["test_top1_last"]
-    cmp = paired_comparison(test_hits(ctx, kd_net), test_hits(ctx, ce_net))
+    recipe = ctx.workspace.trainer_config
+    cmp = paired_comparison(test_hits(data, kd_net, recipe), test_hits(data, ce_net, recipe))
     text += "\n" + comparison_line(cmp, losses.upper())
     for kind, t in (("wall clock", timings), ("CPU time", timings["cpu"])):
         text += (f"\n{kind}: search {t['search_s']:.0f} s + {losses} retraining {t['retrain_s']:.0f} s = "

@@ -3,12 +3,11 @@ distillation run reads (:mod:`.ensemble`), and loading the run's teacher (:mod:`
 
 The API takes a :class:`~kdnas.engine.workspace.Workspace` and the typed ``teacher`` settings
 (:class:`~kdnas.config.TeacherConfig`): ``load(ws, settings) -> Teacher``, ``ensure(ws, settings) -> (folder,
-card)`` and ``teacher_key(ws, settings)``. ``build_teacher``, ``load_teacher`` and ``ensure_teacher`` are
-transitional shims (removed by the lead).
+card)`` and ``teacher_key(ws, settings)``.
 """
 
 from kdnas.teachers.ensemble import CACHE_MODES, COMBINE, Teacher, freeze, member_configs, weights_sha256
-from kdnas.teachers.load import build_teacher, ensure_teacher, load, load_network, load_teacher, resolve_checkpoint
+from kdnas.teachers.load import load, load_network, resolve_checkpoint
 from kdnas.teachers.store import (
     KIND_KEYS,
     PACKAGED_TEACHERS,
@@ -23,6 +22,6 @@ from kdnas.teachers.store import (
 )
 
 __all__ = ["CACHE_MODES", "COMBINE", "KIND_KEYS", "PACKAGED_TEACHERS", "STORE_FORMAT", "Teacher", "TeacherStore",
-           "build_teacher", "check_kind_keys", "ensure", "ensure_teacher", "freeze", "load", "load_network",
-           "load_teacher", "member_configs", "packaged_teacher", "recipe_of", "resolve_checkpoint", "teacher_config",
+           "check_kind_keys", "ensure", "freeze", "load", "load_network",
+           "member_configs", "packaged_teacher", "recipe_of", "resolve_checkpoint", "teacher_config",
            "teacher_key", "weights_sha256"]

@@ -16,7 +16,7 @@ from kdnas.engine.workspace import Workspace
 from kdnas.errors import CheckpointError, ConfigError
 from kdnas.models import create_model
 from kdnas.teachers.ensemble import Teacher, freeze, member_configs
-from kdnas.teachers.store import _ensure, check_kind_keys, ensure, teacher_config
+from kdnas.teachers.store import _ensure, check_kind_keys, teacher_config
 from kdnas.utils import read_json
 
 
@@ -74,35 +74,3 @@ def load(ws: Workspace, settings: TeacherConfig | DictConfig) -> Teacher:
     members = member_configs(tcfg) if tcfg.kind == "ensemble" else [tcfg]
     return Teacher([_network(ws, m) for m in members], [str(m.model) for m in members],
                    combine=tcfg.combine, cache=tcfg.cache)
-
-
-# ---- transitional: the old verbs, taking a RunContext or a Workspace (removed by the lead with the last caller)
-
-def _workspace_and_settings(obj: Any, settings: Any) -> tuple[Workspace, Any]:
-    """(workspace, teacher settings) from a RunContext (its ``workspace`` and ``cfg.teacher``) or a Workspace."""
-    if hasattr(obj, "workspace"):
-        return obj.workspace, settings if settings is not None else obj.cfg.teacher
-    if settings is None:
-        raise TypeError("a Workspace needs the teacher settings (kdnas.config.TeacherConfig)")
-    return obj, settings
-
-
-def build_teacher(ctx_or_ws: Any, tcfg: Any | None = None) -> Teacher:
-    """Transitional, removed by the lead: :func:`load`."""
-    return load(*_workspace_and_settings(ctx_or_ws, tcfg))
-
-
-def load_teacher(ctx_or_ws: Any, tcfg: Any | None = None) -> nn.Module:
-    """Transitional, removed by the lead: the one frozen network of a store/checkpoint teacher."""
-    checked = tcfg is None
-    ws, settings = _workspace_and_settings(ctx_or_ws, tcfg)
-    settings = teacher_config(settings)
-    if checked:
-        check_kind_keys(settings)
-    return _network(ws, settings)
-
-
-def ensure_teacher(ctx_or_ws: Any, tcfg: Any | None = None, *, force: bool = False, run: Any = None
-                   ) -> tuple[Path, dict[str, Any]]:
-    """Transitional, removed by the lead: :func:`kdnas.teachers.store.ensure`."""
-    return ensure(*_workspace_and_settings(ctx_or_ws, tcfg), force=force, run=run)
