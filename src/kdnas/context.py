@@ -14,8 +14,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from kdnas.config import DataConfig, TrainerConfig, compose_defaults, to_object
-from kdnas.data import DataModule, build_data
+from kdnas.config import compose_defaults, to_object
+from kdnas.data import DataModule
 from kdnas.engine.trainer import Trainer
 from kdnas.engine.workspace import Workspace
 from kdnas.loggers import MetricLogger
@@ -139,14 +139,9 @@ class RunContext:
     @cached_property
     def workspace(self) -> Workspace:
         """What library code gets of this run: data (built on first use), folders, seed, recipe, hash."""
-        cfg = self.cfg
-        data_cfg, data_dir = to_object(cfg.data, DataConfig), Path(cfg.paths.data_dir).expanduser()
-        return Workspace(run=self.run, build_data=lambda: build_data(data_cfg, data_dir, self.cache_dir),
-                         cache_dir=self.cache_dir, seed=int(cfg.seed),
-                         trainer_config=to_object(cfg.trainer, TrainerConfig), config_hash=self.config_hash,
-                         resume=self.resume, progress=bool(cfg.progress),
-                         log_for=self.logger.for_run,
-                         provenance=OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        return Workspace.from_config(self.cfg, self.run, config_hash=self.config_hash, resume=self.resume,
+                                     progress=bool(self.cfg.progress), log_for=self.logger.for_run,
+                                     provenance=OmegaConf.to_container(self.cfg, resolve=True))  # type: ignore[arg-type]
 
     @property
     def data(self) -> DataModule:

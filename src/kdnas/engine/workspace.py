@@ -14,10 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
 from torch import nn
 
-from kdnas.config import TrainerConfig, to_object
-from kdnas.data import DataModule
+from kdnas.config import DataConfig, TrainerConfig, to_object
+from kdnas.data import DataModule, build_data
 from kdnas.engine.objective import Objective
 from kdnas.engine.trainer import Trainer
 from kdnas.runs import RunDir
@@ -37,6 +38,16 @@ class Workspace:
     progress: bool = True
     log_for: Callable[[RunDir], LogFn] | None = None  # metrics writer of a (sub)folder; None: the folder's own log
     provenance: dict[str, Any] = field(default_factory=dict)  # the resolved config, recorded in cards, never read
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run: RunDir, *, config_hash: str, **kwargs: Any) -> Workspace:
+        """The workspace of a composed config's ``data``, ``paths``, ``seed`` and ``trainer``, writing to ``run``;
+        the one place that reads those keys (the tasks' RunContext and the scripts build theirs here)."""
+        cache_dir = Path(cfg.paths.cache_dir).expanduser()
+        data_cfg, data_dir = to_object(cfg.data, DataConfig), Path(cfg.paths.data_dir).expanduser()
+        return cls(run=run, build_data=lambda: build_data(data_cfg, data_dir, cache_dir), cache_dir=cache_dir,
+                   seed=int(cfg.seed), trainer_config=to_object(cfg.trainer, TrainerConfig), config_hash=config_hash,
+                   **kwargs)
 
     @cached_property
     def data(self) -> DataModule:
