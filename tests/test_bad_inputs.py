@@ -87,8 +87,9 @@ def corrupt_image_folder(tmp: Path) -> Path:
 @pytest.mark.parametrize(("data_root", "needles"), [
     (missing_folder, ("data.root", "does not exist")),
     (empty_folder, ("train/<class>",)),
-    pytest.param(corrupt_image_folder, ("broken.jpg", "Replace or delete"), marks=pytest.mark.slow),
+    pytest.param(corrupt_image_folder, ("broken.jpg", "Replace or delete")),
 ], ids=["missing root", "empty folder", "corrupt image"])
+@pytest.mark.slow  # 3-5 s each (make test-fast stays under 3 minutes)
 def test_bad_data(data_root, needles: tuple[str, ...], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = kdnas_cli(*TINY, "data=imagefolder", f"data.root={data_root(tmp_path)}", f"hydra.run.dir={run_dir}",
@@ -212,6 +213,7 @@ def zero_64_bytes(path: Path) -> None:
     path.write_bytes(bytes(blob))
 
 
+@pytest.mark.slow  # 3-5 s (make test-fast stays under 3 minutes)
 def test_corrupted_teacher_weights_fail_the_run(finished_run: Path, tmp_path: Path) -> None:
     """teacher=checkpoint on a run folder whose model.safetensors was damaged after kdnas wrote it: exit 1."""
     teacher = tmp_path / "teacher"

@@ -66,6 +66,7 @@ def test_help_is_kdnas_own(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # 3-5 s (make test-fast stays under 3 minutes)
 def test_list_writes_no_run_folder_and_shows_each_teacher(tmp_path: Path) -> None:
     """task=list records nothing; it lists values the command line accepts and each stored teacher's recipe, data
     and seed (a fake store entry: the listing only reads its card)."""

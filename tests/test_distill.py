@@ -84,6 +84,7 @@ def test_bad_distill_keys_fail_clearly() -> None:
         distill_config(DistillConfig(weights=LossWeights(kd=-1.0)))
 
 
+@pytest.mark.slow  # 3-5 s (make test-fast stays under 3 minutes)
 def test_shipped_experiments_compose() -> None:
     for path in sorted((CONF / "experiment").glob("*_resnet*.yaml")):
         cfg = compose("distill", [f"experiment={path.stem}"])

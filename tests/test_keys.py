@@ -115,6 +115,7 @@ def test_runtime_settings_keep_the_teacher_key(change: str, tmp_path: Path) -> N
     assert key_of("teacher_store", [change] if change else [], tmp_path) == key_of("teacher_store", [], tmp_path)
 
 
+@pytest.mark.slow  # 3-5 s (make test-fast stays under 3 minutes)
 def test_decoded_data_cache_is_keyed_by_image_size(tmp_path: Path) -> None:
     """The decoded tensors depend on the source bytes, the image size and the decoder version (nothing else)."""
     cache = tmp_path / "cache"

@@ -213,6 +213,7 @@ def test_latency_table_predicts_measured_latency(tmp_path: Path) -> None:
     assert CostModel(space, latency_table=loaded)(arch, ["latency_ms"])["latency_ms"] > 0
 
 
+@pytest.mark.slow  # 3-5 s (make test-fast stays under 3 minutes)
 def test_export_round_trip_to_onnx(tmp_path: Path) -> None:
     import onnx
 
