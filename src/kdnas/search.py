@@ -1,30 +1,9 @@
-"""The search loop every sample-based strategy shares (random, zero-cost, DisWOT evolution, AKD, KDAS):
+"""The search loop every sample-based strategy shares (random, zero-cost, DisWOT evolution, AKD, KDAS): ask a
+batch, evaluate it (cached by arch_id and evaluator fingerprint), tell the strategy, append it to ``history.jsonl``.
 
-    while budget left:
-        archs = strategy.ask(n)
-        results = evaluator.evaluate(archs)        # cached by (arch_id, evaluator fingerprint)
-        strategy.tell(archs, results)
-        checkpoint(strategy.state_dict(), history) # atomically, every search.checkpoint_every_s and at the end
-
-``search.budget`` counts candidate evaluations (cache hits included), ``search.batch`` archs per step.
-``search.time_budget_s`` (optional) also stops the loop: no new batch is asked once the search's own wall-clock
-(the loop's seconds, summed over resumes) reaches it. That is what an equal-wall-clock comparison of strategies
-needs, but such a search is not bit-reproducible: how many candidates fit depends on the machine's speed. The
-summary records ``seconds`` and ``stopped_by`` (``budget``: evaluation budget reached, ``time``: time budget
-reached, ``space``: no unseen valid arch left).
-A killed search rerun in the same folder restores the last checkpoint (strategy state with its RNG),
-truncates ``history.jsonl`` to it and continues: it ends with the uninterrupted run's result. The steps after the
-last checkpoint are replayed (their evaluations are cache hits), so checkpointing every ``search.checkpoint_every_s``
-(30 s) instead of every step keeps resuming exact; a checkpoint per step, which holds the whole history, made a
-long proxy search quadratic.
-
-Candidates are evaluated in-process, or ``search.workers`` at a time in worker processes or submitit jobs
-(``search.executor``, :class:`kdnas.execution.Pool`; training evaluator only: a proxy score takes
-milliseconds); the history is the same either way.
-
-Writes in its run folder: ``history.jsonl`` (one line per evaluated arch: step, arch, arch_id, reward,
-scores, costs), ``best_arch.json`` (an arch file task=distill ``student.arch=`` reads), ``topk.json`` and
-``search_checkpoints/``.
+Invariants: ``search.budget`` counts evaluations, cache hits included; a killed search rerun in the same folder
+ends with the uninterrupted run's result; the history is the same whether candidates are evaluated in-process or
+in workers (:class:`kdnas.execution.Pool`). The README's Search section shows how to run one.
 """
 
 from __future__ import annotations
@@ -95,7 +74,15 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
     """Run (or resume) the loop in ``run``; return the summary (best arch and reward, evaluations, steps, seconds,
     why it stopped). ``reward_kind`` (what the evaluator measures: ``kd`` / ``ce`` training, ``proxy:<name>``) is
     checked by the strategy and stamped on every result. The history holds the results as the strategy recorded
-    them (e.g. shaped by a constraint), which ``tell`` returns."""
+    them (e.g. shaped by a constraint), which ``tell`` returns.
+
+    ``batch`` archs are asked per step. ``time_budget_s`` (optional) also stops the loop: no new batch is asked once
+    the loop's own seconds, summed over resumes, reach it. ``stopped_by`` says which limit ended it: ``budget``,
+    ``time`` or ``space`` (no unseen valid arch left). The strategy state (with its RNG), counts and seconds are
+    checkpointed atomically every ``checkpoint_every_s`` and at the end; a resume restores the last checkpoint,
+    truncates ``history.jsonl`` to it and replays the steps after it (their evaluations are cache hits). Writes
+    ``history.jsonl`` (one line per evaluated arch: step, arch, arch_id, reward, scores, costs), ``best_arch.json``
+    (an arch file task=distill ``student.arch=`` reads), ``topk.json`` and ``search_checkpoints/``."""
     strategy.check_search(budget=budget, reward_kind=reward_kind)
     ckpt_dir, history = run.path / "search_checkpoints", run.path / "history.jsonl"
     evaluated = step = 0
@@ -181,7 +168,9 @@ def run_search(strategy: Strategy, evaluator: Evaluator, run: RunDir, *, budget:
 
 
 def search(ws: Workspace, run: RunDir, job: SearchJob) -> dict[str, Any]:
-    """Build the strategy and the evaluator of ``job`` and run the loop in ``run``."""
+    """Build the strategy and the evaluator of ``job`` and run the loop in ``run``. Candidates are evaluated
+    in-process, or ``search.workers`` at a time in worker processes or submitit jobs (``search.executor``; the
+    training evaluator only: a proxy score takes milliseconds)."""
     apply_runtime(ws.trainer_config)  # threads and determinism: no Trainer may be built
     settings, space = job.settings, job.space
     costs = CostModel(space, ws.data.num_classes, ws.data.input_size)
