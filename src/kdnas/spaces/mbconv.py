@@ -1,28 +1,9 @@
-"""MBConv-family search spaces: one block, one network builder, two presets.
+"""MBConv-family search spaces: one block, one network builder, two presets. ``mbconv_akd``: the MnasNet space
+(Tan et al., CVPR 2019, Sec. 4.1) as AKD searches it (Liu et al., CVPR 2020); ``mbconv_cream``: Cream of the
+Crop's supernet space (Peng et al., NeurIPS 2020).
 
-``mbconv_akd``: the MnasNet factorised hierarchical space (Tan et al., "MnasNet", CVPR 2019, Sec. 4.1)
-as used by AKD (Liu et al., "Search to Distill: Pearls are Everywhere but not the Eyes", CVPR 2020):
-7 blocks around MnasNet-B1 (filters 16/24/40/80/96/192/320, layers 1/3/3/3/2/4/1; stem conv 32, head
-1280, ReLU). Per block: conv op {conv, dwsep, mbconv_e3, mbconv_e6}, kernel {3, 5}, SE ratio {0, 0.25},
-skip op {pool, identity, none}, filter multiplier {0.75, 1.0, 1.25} (rounded to a multiple of 8 as in
-MnasNet's ``round_filters``, so some multipliers coincide), layers delta {-1, 0, +1} (only the deltas
-leaving >= 1 layer). No official code of the full space exists; our reading of the skip ops:
-``identity`` adds x when shapes match, ``pool`` adds a 3x3 average pool of x (stride of the layer, a
-1x1 conv + BN when channels change), ``none`` adds nothing.
-
-``mbconv_cream``: the supernet of Cream of the Crop (Peng et al., NeurIPS 2020,
-https://github.com/microsoft/Cream, ``lib/models/structures/supernet.py``): stem conv 16, a fixed
-depthwise-separable 16 block, searchable stages of 24/40/80/96/192 channels whose every layer picks
-one of 6 inverted-residual choices, kernel {3, 5, 7} x expansion {4, 6}, all with SE 0.25 (ReLU,
-hard-sigmoid gate, reduced from the expanded width, divisor 8) and Swish; then a 1x1 conv to 320 and
-the efficient head (pool, 1x1 conv 1280, Swish). No skip op. Layers per stage (``space.layers``) are
-fixed per space: the default [4, 4, 4, 4, 4] is what Cream's ``search_for_layer`` returns for the
-official ``train.yaml`` range (FLOPS_MINIMUM 0, FLOPS_MAXIMUM 600); the same rule gives [1, 2, 3, 3, 3]
-for a 0-300M range.
-
-Inputs of 224 px keep the original strides (stem stride 2, final map 7x7). Smaller inputs (CIFAR,
-< 128 px) use a stride-1 stem and turn the first stride-2 layer into stride 1: 32 px ends at 4x4.
-``stages`` in :class:`Features` are the outputs of the last layer at each resolution.
+Invariants: filters are multiples of 8 (:func:`make_divisible`); inputs under 128 px take the CIFAR stride plan,
+224 px the original strides; ``stages`` in :class:`Features` are the last layer's output at each resolution.
 """
 
 from __future__ import annotations
@@ -115,6 +96,9 @@ class MBConv(nn.Module):
 
 
 class MBConvNet(FeatureNet):
+    """Stem, MBConv layers, head. ``stages`` in :class:`Features` are the outputs of the last layer at each
+    resolution."""
+
     def __init__(self, stem: int, stem_stride: int, layers: list[LayerSpec], head: int, num_classes: int,
                  style: Style) -> None:
         super().__init__()
@@ -167,6 +151,8 @@ class MBConvSpace(SearchSpace):
         return {self.HEAD}  # the head conv's width, whatever the blocks
 
     def build(self, arch: Arch, num_classes: int, input_size: int = 32) -> FeatureNet:
+        """Inputs of 224 px keep the original strides (stem stride 2, final map 7x7). Smaller inputs (CIFAR,
+        < ``SMALL_INPUT`` px) use a stride-1 stem and turn the first stride-2 layer into stride 1: 32 px ends at 4x4."""
         specs = self.layers(self.validate(arch).decisions)
         small = input_size < SMALL_INPUT
         if small:
@@ -182,6 +168,13 @@ AKD_OPS = {"conv": ("conv", 1), "dwsep": ("dwsep", 1), "mbconv_e3": ("mbconv", 3
 
 @register_space("mbconv_akd")
 class MnasNetSpace(MBConvSpace):
+    """``mbconv_akd``: 7 blocks around MnasNet-B1 (filters 16/24/40/80/96/192/320, layers 1/3/3/3/2/4/1; stem conv
+    32, head 1280, ReLU). Per block: conv op {conv, dwsep, mbconv_e3, mbconv_e6}, kernel {3, 5}, SE ratio {0, 0.25},
+    skip op {pool, identity, none}, filter multiplier {0.75, 1.0, 1.25} (rounded to a multiple of 8 as in MnasNet's
+    ``round_filters``, so some multipliers coincide), layers delta {-1, 0, +1} (only the deltas leaving >= 1 layer).
+    Skip ops (our reading, see docs/decisions.md): ``identity`` adds x when shapes match, ``pool`` adds a 3x3
+    average pool of x (stride of the layer, a 1x1 conv + BN when channels change), ``none`` adds nothing."""
+
     name = "mbconv_akd"
     STEM, HEAD = 32, 1280
     STYLE = Style(nn.ReLU, nn.Sigmoid, se_from_mid=False, se_divisor=1, efficient_head=False)
@@ -218,6 +211,13 @@ class CreamSpaceSettings:
 
 @register_space("mbconv_cream", settings=CreamSpaceSettings)
 class CreamSpace(MBConvSpace):
+    """``mbconv_cream``, after the official ``lib/models/structures/supernet.py`` (https://github.com/microsoft/Cream):
+    stem conv 16, a fixed depthwise-separable 16 block, searchable stages of 24/40/80/96/192 channels whose every
+    layer picks one of 6 inverted-residual choices, kernel {3, 5, 7} x expansion {4, 6}, all with SE 0.25 (ReLU,
+    hard-sigmoid gate, reduced from the expanded width, divisor 8) and Swish; then a 1x1 conv to 320 and the
+    efficient head (pool, 1x1 conv 1280, Swish). No skip op. Layers per stage (``space.layers``) are fixed per space
+    (the default's origin: docs/decisions.md, Cream)."""
+
     name = "mbconv_cream"
     STEM, HEAD = 16, 1280
     STYLE = Style(nn.SiLU, nn.Hardsigmoid, se_from_mid=True, se_divisor=8, efficient_head=True)
