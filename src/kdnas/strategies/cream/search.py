@@ -2,24 +2,8 @@
 one uniformly drawn path per step, distil each path from its best-matching board entry after the warm-up,
 admit paths to the prioritized board, and report the board's best paths with inherited, BN-recalibrated weights.
 
-Per step: draw a path (``strategy.ask``); every ``meta_every`` steps update the matching network by the
-look-ahead hypergradient (:mod:`.meta`); pick the teacher among the board entries (plus the external teacher
-with ``external_teacher=true``) and train on ``(rho * KD + (2 - rho) * CE) / 2`` (CE alone during the warm-up,
-on an empty board, or with ``distill=false``); then offer the path to the board (``strategy.tell``) with its
-score: ``admission=batch`` (official) its top-1 on the current training batch before the step, or
-``admission=minival`` its top-1 on the next mini-val batch after the step (a held-out estimate: better founded
-than the training batch, one extra forward pass per step).
-
-Run folder: ``history.jsonl`` (one record per epoch: training figures, the board, the board's top path
-re-evaluated), ``board.json`` (every board path evaluated with inherited weights after BN recalibration, and the
-best under each ``flops_bounds`` value), ``best_arch.json`` (the best of them: an arch JSON for task=distill),
-``board_accuracy.png``, and per-epoch checkpoints (supernet, optimizers, matching network, board, RNG) that a
-rerun of the same command resumes from.
-
-``search.time_budget_s`` (as for the sample-based loop) caps the supernet training by wall clock, earlier
-sessions included: the loop stops after the step that reaches it (at least one step runs, so the board is never
-empty without a warm-up) and the board is evaluated as usual; the summary's ``seconds`` (search wall clock, the
-board evaluation included) and ``stopped_by`` (``time`` | ``epochs``) say which limit ended it.
+Invariants: a rerun of the same command resumes from the last per-epoch checkpoint; at least one step runs, so
+the board is never empty without a warm-up. Departures from the official code: docs/decisions.md, Cream.
 """
 
 from __future__ import annotations
@@ -212,6 +196,9 @@ class CreamSearch:
         self.meta_optimizer.step()
 
     def admission_score(self, logits: torch.Tensor, batch: Batch, path: Arch, step: int) -> float:
+        """The path's score offered to the board: ``admission=batch`` (official) its top-1 on the current training
+        batch before the step, ``admission=minival`` its top-1 on the next mini-val batch after the step (a held-out
+        estimate: better founded than the training batch, one extra forward pass per step)."""
         if self.cfg.admission == "batch":
             return top1(logits, batch.y)
         held_out = self.minival[step % len(self.minival)]
@@ -225,7 +212,12 @@ class CreamSearch:
         return self.time_budget is not None and self.seconds() >= self.time_budget
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
-        """One epoch of path training; ends early (``self.stopped_by = "time"``) once the time budget is spent."""
+        """One epoch of path training; ends early (``self.stopped_by = "time"``) after the step that spends the
+        time budget (earlier sessions included). Per step: draw a path (``strategy.ask``); every ``meta_every`` steps
+        update the matching network by the look-ahead hypergradient (:mod:`.meta`); pick the teacher among the board
+        entries (plus the external teacher with ``external_teacher=true``) and train on ``(rho * KD + (2 - rho) * CE)
+        / 2`` (CE alone during the warm-up, on an empty board, or with ``distill=false``); then offer the path to the
+        board (``strategy.tell``) with its :meth:`admission_score`."""
         source, opt = self.trainer.train_source, self.trainer.optimizer
         n, warm = len(source), epoch < self.warmup
         self.supernet.train()
@@ -339,6 +331,10 @@ class CreamSearch:
 
     # -- the loop and its results --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or resume) until ``epochs`` or the time budget, then :meth:`finish`. Writes ``history.jsonl`` (one
+        record per epoch: training figures, the board, the board's top path re-evaluated) and per-epoch checkpoints
+        (supernet, optimizers, matching network, board, RNG). The summary's ``seconds`` (search wall clock, the board
+        evaluation included) and ``stopped_by`` (``time`` | ``epochs``) say which limit ended it."""
         ckpt = latest_checkpoint(self.run_dir.checkpoint_dir) if self.ws.resume else None
         start = self.restore(ckpt) if ckpt is not None else 0
         if start == 0:
@@ -360,7 +356,9 @@ class CreamSearch:
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
-        """Evaluate every board path (inherited weights, BN recalibrated); write board.json, best_arch.json, plot."""
+        """Evaluate every board path (inherited weights, BN recalibrated); write ``board.json`` (every path, and the
+        best under each ``flops_bounds`` value), ``best_arch.json`` (the best: an arch JSON for task=distill) and
+        ``board_accuracy.png``."""
         run, sel, space = self.run_dir, f"{self.selection_split}_top1", self.supernet.space
         rows = [self.board_row(rank, e, list(self.trainer.eval_splits))
                 for rank, e in enumerate(self.strategy.board.entries)]
