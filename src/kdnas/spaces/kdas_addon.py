@@ -1,22 +1,9 @@
-"""KDAS add-on space: grow a base student by one searched layer after each of its stages.
+"""KDAS add-on space: grow a base student by one searched layer after each of its stages (Kang, Mun & Han,
+"Towards Oracle Knowledge Distillation with Neural Architecture Search", AAAI 2020; ENAS-macro-style decisions).
 
-Kang, Mun & Han, "Towards Oracle Knowledge Distillation with Neural Architecture Search", AAAI 2020:
-the student is a base network plus, after every stage, an added layer whose operation and skip
-connections are searched in the ENAS macro style (Pham et al., "ENAS", ICML 2018).
-
-Decisions for a base with S stages: ``op{i}`` (i = 1..S) in {skip, conv3x3, conv5x5, sepconv3x3,
-sepconv5x5, maxpool3x3, avgpool3x3} and a binary ``skip{j}_{i}`` for every earlier added layer j < i.
-Our choices (the paper gives no code): added layer i outputs ``op(x_i) + sum_j P_ji(y_j)`` where x_i is
-the base stage output, ``skip`` is the identity, convolutions are conv-BN-ReLU (separable: depthwise kxk,
-1x1, BN, ReLU), pools are 3x3 stride 1, and P_ji sums (not concatenates) an earlier added output y_j:
-average-pooled to stage i's resolution, then a 1x1 conv + BN when the channels differ. Every added layer
-keeps its stage's width, so ``stage_channels`` are the base's; ``stages`` = [stem output, output of each
-stage after its added layer(s)] (post-activation, unlike the zoo ResNets' pre-activation features).
-
-``space.base`` is a zoo model name of the CIFAR ResNet family (default ``resnet20``), an arch JSON of
-another space that builds one (e.g. ``resnet_cifar``), or an arch JSON of this space: the previous
-round's student, so the network grows round by round (every round adds one layer per stage, with skips
-among that round's layers). The base is stored in every arch, so an arch file rebuilds alone.
+Invariants: every arch stores its base (a zoo name or an arch JSON, possibly of this space: the previous
+round's student), so an arch file rebuilds alone; added layers keep their stage's width, so ``stage_channels``
+are the base's. Our reading of the layer (the paper gives no code): docs/decisions.md, KDAS.
 """
 
 from __future__ import annotations
@@ -80,7 +67,11 @@ def projection(cin: int, cout: int, factor: int) -> nn.Module:
 
 
 class KdasNet(FeatureNet):
-    """The base's stem and stages with each round's added layers after every stage."""
+    """The base's stem and stages with each round's added layers after every stage. Added layer i outputs
+    ``op(x_i) + sum_j P_ji(y_j)``: x_i is the stage's output, ``skip`` the identity, convolutions conv-BN-ReLU
+    (separable: depthwise kxk, 1x1, BN, ReLU), pools 3x3 stride 1, and :func:`projection` P_ji brings an earlier
+    added output y_j to stage i. ``stages`` = [stem output, output of each stage after its added layer(s)]
+    (post-activation, unlike the zoo ResNets' pre-activation features)."""
 
     def __init__(self, base: nn.Module, rounds: list[Mapping[str, Any]], num_classes: int) -> None:
         super().__init__()
@@ -147,6 +138,12 @@ class KDASAddonSettings:
 
 @register_space("kdas_addon", settings=KDASAddonSettings)
 class KdasSpace(SearchSpace):
+    """For a base with S stages: ``op{i}`` (i = 1..S) in {skip, conv3x3, conv5x5, sepconv3x3, sepconv5x5,
+    maxpool3x3, avgpool3x3} and a binary ``skip{j}_{i}`` for every earlier added layer j < i. ``space.base`` is a
+    CIFAR ResNet zoo name (default ``resnet20``), an arch JSON of another space that builds one (e.g.
+    ``resnet_cifar``), or an arch JSON of this space: every round adds one layer per stage, with skips among that
+    round's layers."""
+
     name = "kdas_addon"
 
     def __init__(self, base: str | Mapping[str, Any] = "resnet20") -> None:
