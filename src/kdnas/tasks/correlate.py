@@ -1,18 +1,8 @@
-"""task=correlate: how well each training-free proxy predicts trained accuracy over an arch set.
+"""task=correlate: how well each training-free proxy predicts trained accuracy over an arch set (every arch of
+``space=`` or N sampled), against a ground truth trained with KD and with CE or read from a file.
 
-For every arch of ``space=`` (``correlate.archs=all``) or N sampled ones, every proxy of
-``correlate.proxies`` is computed on the search's fixed batch, and a ground truth is obtained by training
-the arch with KD from the teacher and with CE alone (``correlate.trainer`` overrides the recipe), or read
-from ``correlate.ground_truth=FILE``. Trained results are cached per (arch_id, recipe hash): a killed run
-rerun continues where it stopped, and a rerun trains nothing.
-
-DisWOT is reported as its two terms, their raw sum (``diswot_sum``, the paper's fitness) and their mean
-rank-normalised value over the set (``diswot_rank``). The ground-truth candidates train where a search's do:
-in-process, or ``search.workers`` at a time per ``search.executor`` (worker processes, submitit jobs locally or
-on SLURM with ``search.slurm``); the results are the same. Writes ``correlate.md`` (Spearman, Kendall,
-precision at top-k, partial Spearman given the parameter count, Spearman within parameter bands, seed
-noise), ``correlate.json``, ``correlate.tsv`` (one row per arch), ``ground_truth.tsv`` (one row per arch and
-seed; readable as ``correlate.ground_truth``) and ``scatter_<truth>.png``.
+Invariants: trained results are cached per (arch_id, recipe hash), so a killed run rerun continues where it
+stopped and a rerun trains nothing; in-process or in workers, the results are the same.
 """
 
 from __future__ import annotations
@@ -122,7 +112,10 @@ def noise_subset(archs: list[Arch], k: int) -> list[Arch]:
 def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs: list[Arch], costs: CostModel,
                 pool: Pool | None = None) -> tuple[Truth, dict[str, int]]:
     """(ground truth, the augmentation seed of each seed's runs). Every arch of one seed trains on the same views
-    (one aug seed per evaluator, KD and CE alike), so the teacher's logits of an epoch are computed once per seed."""
+    (one aug seed per evaluator, KD and CE alike), so the teacher's logits of an epoch are computed once per seed.
+    The recipe is the run's ``trainer`` with ``correlate.trainer`` on top; candidates train where a search's do:
+    in-process, or ``search.workers`` at a time per ``search.executor`` (worker processes, submitit jobs locally or
+    on SLURM with ``search.slurm``)."""
     truth: Truth = {}
     aug_seeds: dict[str, int] = {}
     teacher, worker = teacher_settings(ctx), worker_recipe(ctx)
@@ -145,7 +138,8 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
 
 
 def proxy_columns(results: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """One column per reported score; DisWOT as its terms, their raw sum and mean in-set rank."""
+    """One column per reported score; DisWOT as its terms, their raw sum (``diswot_sum``, the paper's fitness) and
+    their mean rank-normalised value over the set (``diswot_rank``)."""
     columns = {k: [r["scores"][k] for r in results] for k in results[0]["scores"]}
     if set(DISWOT_TERMS) <= set(columns):
         sem, rel = (np.asarray(columns[t]) for t in DISWOT_TERMS)
@@ -196,6 +190,10 @@ def write_rows(run: Path, space: SearchSpace, archs: list[Arch], columns: dict[s
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    """Score ``correlate.archs`` with every proxy of ``correlate.proxies`` on the search's fixed batch, obtain the
+    ground truth (:func:`train_truth`, or ``correlate.ground_truth=FILE``) and write ``correlate.md`` (Spearman,
+    Kendall, precision at top-k, partial Spearman given the parameter count, Spearman within parameter bands, seed
+    noise), ``correlate.json``, ``correlate.tsv``, ``ground_truth.tsv`` and ``scatter_<truth>.png``."""
     cfg = ctx.cfg
     apply_runtime(to_object(cfg.trainer, TrainerConfig))
     s = CorrelateSettings.from_config(cfg.correlate)
