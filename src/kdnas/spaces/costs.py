@@ -1,18 +1,9 @@
-"""Costs of a network: exact parameter count, MACs/FLOPs, measured latency, and a latency look-up table.
+"""Costs of a network: exact parameter count, MACs/FLOPs, measured latency, and a per-layer latency look-up
+table (as MnasNet/FBNet/Cream).
 
-MACs and FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass:
-convolutions and matrix products only (BN, activations, pooling and additions are not counted), which
-is what MnasNet, Cream and DisWOT report as "FLOPs"/"MACs". ``flops`` = 2 x ``macs`` (one multiply-add is
-two floating-point operations); papers' "FLOPs" figures usually mean ``macs``.
-
-The latency look-up table (LUT) follows the per-layer tables of MnasNet/FBNet/Cream: a network is
-split into *units* (the blocks it calls: every called module that is not a container, e.g. a ResNet
-block, an MBConv, an NB201 cell, a stem conv), each distinct (unit config, input shape) is timed once in
-isolation, and an arch's latency is predicted as the sum over its units. Functional ops between units
-(a ReLU, the final pooling) are not counted, and a unit timed alone runs with warm caches (on a 2-core
-CPU 2-3x faster than inside the network), so predictions rank archs rather than match measured
-milliseconds. Tables are keyed by device, torch threads and batch size; search decisions should use a
-stored table (entries are timed once, when first needed, then reused), never live timings.
+Invariants: ``flops`` = 2 x ``macs`` (papers' "FLOPs" usually mean ``macs``); latency tables are keyed by device,
+torch threads and batch size, and rank archs rather than predict milliseconds, so search decisions use a stored
+table (entries timed once, when first needed), never live timings.
 """
 
 from __future__ import annotations
@@ -57,7 +48,9 @@ def _forward(model: nn.Module, input_size: int, batch_size: int) -> None:
 
 
 def count_flops(model: nn.Module, input_size: int = 32, batch_size: int = 1) -> dict[str, int]:
-    """``{"macs", "flops"}`` of one eval-mode forward pass (flops = 2 x macs); works on the meta device."""
+    """``{"macs", "flops"}`` of one eval-mode forward pass (flops = 2 x macs); works on the meta device.
+    ``FlopCounterMode`` counts convolutions and matrix products only (BN, activations, pooling and additions are
+    not), which is what MnasNet, Cream and DisWOT report as "FLOPs"/"MACs"."""
     with FlopCounterMode(display=False) as counter:
         _forward(model, input_size, batch_size)
     flops = int(counter.get_total_flops())
@@ -133,7 +126,12 @@ def trace_units(model: nn.Module, input_size: int, batch_size: int = 1) -> list[
 
 @dataclass
 class LatencyTable:
-    """Per-unit latencies (ms) for one (device, threads, batch size); saved as JSON beside other tables."""
+    """Per-unit latencies (ms) for one (device, threads, batch size); saved as JSON beside other tables. A network
+    is split into *units* (the blocks it calls: every called module that is not a container, e.g. a ResNet block,
+    an MBConv, an NB201 cell, a stem conv); each distinct (unit config, input shape) is timed once in isolation,
+    and an arch's latency is predicted as the sum over its units. Functional ops between units (a ReLU, the final
+    pooling) are not counted, and a unit timed alone runs with warm caches, so predictions rank archs rather than
+    match measured milliseconds."""
 
     device: str = "cpu"
     threads: int = field(default_factory=torch.get_num_threads)
