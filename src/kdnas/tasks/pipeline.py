@@ -1,17 +1,9 @@
-"""task=pipeline: the whole DisWOT workflow in one command.
+"""task=pipeline: the whole DisWOT workflow in one command. Teacher (from the store, trained on first use) ->
+search (as task=search: :func:`kdnas.search.run_strategy`) -> the winner distilled from the teacher with
+``distill=`` and, for comparison, trained with CE alone -> a plain-text table, also written to ``pipeline.txt``.
 
-teacher (from the store, trained on first use) -> search (``strategy=``, ``evaluator=``, ``space=``,
-``constraint=``) -> the winner distilled from the teacher with ``distill=`` (KD; ``distill=diswot`` adds the
-DisWOT terms as losses, DisWOT-dagger) and, for comparison, the same student (same init, data order and
-recipe) trained with CE alone -> a short plain-text table, also written to ``pipeline.txt``.
-
-Every strategy runs here as in task=search (:func:`kdnas.search.run_strategy`); ``strategy=cream`` trains its
-supernet with the search recipe (``evaluator.trainer``, each key the run's ``trainer`` unless set: the recipe the
-train evaluator's candidates get), since ``trainer`` is the winner's retraining recipe. The summary's ``timings``
-(seconds of this session's wall clock) make runs comparable at an equal budget (experiment=compare_strategies):
-``search_s`` + ``retrain_s`` (the winner's KD training) = ``total_s``, the cost of a distilled student; the
-teacher (``teacher_s``) and the CE baseline (``ce_s``) are reported outside it. ``timings.cpu`` has the same keys
-in CPU seconds of this process: on a machine shared with other jobs, wall clock also measures their load.
+Invariants: the CE baseline is the same student (same init, data order and recipe); ``trainer`` is the winner's
+retraining recipe, while the candidates (and Cream's supernet) train with ``evaluator.trainer``.
 """
 
 from __future__ import annotations
@@ -56,6 +48,11 @@ def searched(found: dict[str, Any], cfg: DictConfig) -> str:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    """The summary's ``timings`` (seconds of this session's wall clock) make runs comparable at an equal budget
+    (experiment=compare_strategies): ``search_s`` + ``retrain_s`` (the winner's KD training) = ``total_s``, the cost
+    of a distilled student; the teacher (``teacher_s``) and the CE baseline (``ce_s``) are reported outside it.
+    ``timings.cpu`` has the same keys in CPU seconds of this process: on a machine shared with other jobs, wall
+    clock also measures their load."""
     cfg = ctx.cfg
     timings: dict[str, Any] = {"cpu": {}}
     laps = [(time.perf_counter(), time.process_time())]
