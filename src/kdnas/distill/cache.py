@@ -1,17 +1,9 @@
 """Teacher-output cache: a teacher's logits on every training view of an epoch, computed once and shared by
 every student, seed, sweep job and search candidate that trains on the same views.
 
-Augmentation is a pure function of (aug_seed, epoch, sample index) (:mod:`kdnas.data.augment`), so one file
-per (teacher weights sha256, data fingerprint, split indices, normalisation, aug_seed, epoch) holds the
-logits [N, K] of that epoch's views, fp16, rows in split order. Files live under
-``<paths.cache_dir>/teacher_logits/``, are written atomically (temp file + ``os.replace``, under a lock) with
-the key and a sha256 of the tensor bytes in their metadata, and are verified on every load: a stale or
-corrupt file is rebuilt (``auto``) or refused (``required``), never used. Without augmentation every epoch
-shows the same views and shares one file.
-
-Two flock files sit beside each entry: ``.<name>.lock``, exclusive while it is built (two workers racing for
-an epoch: one builds, the other waits and reads it), and ``.<name>.hold``, shared by every live cache object
-(and search evaluator) that uses it, so that ``task=cache`` pruning never removes an entry a running job needs.
+Invariants: augmentation is a pure function of (aug_seed, epoch, sample index) (:mod:`kdnas.data.augment`), so
+one file per (teacher weights sha256, data identity, split, aug_seed, epoch) holds that epoch's logits; every
+load verifies the file, and a stale or corrupt one is never used; an entry a live job holds is never pruned.
 """
 
 from __future__ import annotations
@@ -49,7 +41,12 @@ def tensor_sha256(t: Tensor) -> str:
 
 
 class TeacherLogitCache:
-    """Logits of one data split's training views, per teacher network and epoch.
+    """Logits of one data split's training views, per teacher network and epoch: [N, K], fp16, rows in split order,
+    one safetensors file per key under ``<paths.cache_dir>/teacher_logits/``, with the key and a sha256 of the
+    tensor bytes in its metadata. Without augmentation every epoch shows the same views and shares one file. Two
+    flock files sit beside each entry: ``.<name>.lock`` (:func:`lock_file`, exclusive while it is built: of two
+    workers racing for an epoch, one builds, the other waits and reads it) and ``.<name>.hold`` (:func:`hold`,
+    shared by every live cache object and search evaluator that uses it, so ``task=cache`` pruning skips it).
 
     ``mode``: ``auto`` builds a missing or invalid file on first use; ``required`` raises
     :class:`~kdnas.errors.ConfigError` instead (the run must not pay for the teacher).
@@ -117,6 +114,7 @@ class TeacherLogitCache:
         return logits, ""
 
     def save(self, path: Path, key: dict, logits: Tensor) -> None:
+        """Written atomically (temp file + ``os.replace``; the caller holds the write lock)."""
         write_safetensors(path, {"logits": logits.contiguous()},
                           {"key": canonical_json(key), "sha256": tensor_sha256(logits)})
 
