@@ -1,16 +1,8 @@
-"""ResNet search spaces for CIFAR.
+"""ResNet search spaces for CIFAR: ``resnet_cifar``, DisWOT's search space 1 (Dong et al., "DisWOT", CVPR 2023),
+and ``resnet_cifar_large``, a Zen-NAS-style space (Lin et al., "Zen-NAS", ICCV 2021).
 
-``resnet_cifar``: DisWOT's search space 1 (Dong et al., "DisWOT: Student Architecture Search for
-Distillation WithOut Training", CVPR 2023, https://github.com/lilujunai/DisWOT-CVPR2023): ResNet-20-like,
-3 stages of basic blocks with widths 16/32/64, the depth of each stage in {1, 3, 5, 7}: 4^3 = 64 archs.
-Built with :func:`kdnas.models.resnet_cifar.build_cifar_resnet`, so (3, 3, 3) is exactly ``resnet20``.
-
-``resnet_cifar_large``: a Zen-NAS-style space (Lin et al., "Zen-NAS", ICCV 2021,
-https://github.com/idstcv/ZenNAS): each of the 3 stages picks its block type {basic, bottleneck}, kernel
-{3, 5, 7}, width multiplier {0.5, 0.75, 1.0, 1.5, 2.0} of the base planes 16/32/64 (bottleneck stages
-output 4x the planes, as in He et al.'s CIFAR ResNet-164) and depth {1, ..., 7}: 210^3 = 9,261,000 archs.
-
-Both are CIFAR networks (stride-1 stem, 2 stride-2 stages): ``input_size`` only changes the map sizes.
+Invariants: both build CIFAR networks (stride-1 stem, 2 stride-2 stages), so ``input_size`` only changes the map
+sizes; ``resnet_cifar``'s (3, 3, 3) is exactly the zoo's ``resnet20``.
 """
 
 from __future__ import annotations
@@ -43,6 +35,10 @@ class ResNetCifarSettings:
 
 @register_space("resnet_cifar", settings=ResNetCifarSettings)
 class ResNetCifarSpace(SearchSpace):
+    """DisWOT's space 1 (https://github.com/lilujunai/DisWOT-CVPR2023): ResNet-20-like, 3 stages of basic blocks
+    with widths 16/32/64, the depth of each stage in {1, 3, 5, 7}: 4^3 = 64 archs. Built with
+    :func:`kdnas.models.resnet_cifar.build_cifar_resnet`."""
+
     name = "resnet_cifar"
 
     def __init__(self, depths: Sequence[int] = (1, 3, 5, 7), widths: Sequence[int] = (16, 32, 64)) -> None:
@@ -100,6 +96,11 @@ class ResNetCifarLargeSettings:
 
 @register_space("resnet_cifar_large", settings=ResNetCifarLargeSettings)
 class ResNetCifarLargeSpace(SearchSpace):
+    """After Zen-NAS (https://github.com/idstcv/ZenNAS): each of the 3 stages picks its block type {basic,
+    bottleneck}, kernel {3, 5, 7}, width multiplier {0.5, 0.75, 1.0, 1.5, 2.0} of the base planes 16/32/64
+    (bottleneck stages output 4x the planes, as in He et al.'s CIFAR ResNet-164) and depth {1, ..., 7}:
+    210^3 = 9,261,000 archs."""
+
     name = "resnet_cifar_large"
     BLOCK_TYPES = ["basic", "bottleneck"]
     KERNELS = [3, 5, 7]
