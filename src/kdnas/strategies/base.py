@@ -1,16 +1,9 @@
-"""The ask/tell protocol every sample-based search strategy follows (as NNI v3's strategies), and the
-strategy registry.
+"""The ask/tell protocol every sample-based search strategy follows (as NNI v3's strategies), and the strategy
+registry.
 
-    archs = strategy.ask(n)           # up to n new, constraint-satisfying, never-proposed archs
-    recorded = strategy.tell(archs, results)  # results in ask order, each a dict with a float ``reward``;
-                                      # returns the results as recorded (new dicts: the caller's are not changed)
-    state = strategy.state_dict()     # JSON-able (tensors allowed), taken after tell
-    strategy.load_state_dict(state)   # a fresh strategy continues exactly where that one was
-
-``ask`` may return fewer than ``n`` archs (an evolution still filling its population) and returns none
-once the space has no unseen valid arch left. Randomness comes from the strategy's own ``random.Random``
-(seeded from the run seed), whose state is part of ``state_dict``, so a resumed search repeats the
-uninterrupted trajectory.
+Invariants: ``ask`` proposes only new, constraint-satisfying archs (none once the space has no unseen valid arch
+left); ``tell`` never changes the caller's results; a fresh strategy given ``state_dict()`` (its RNG included)
+repeats the uninterrupted trajectory.
 """
 
 from __future__ import annotations
@@ -67,7 +60,16 @@ def reward_key(result: Mapping[str, Any]) -> float:
 
 class Strategy:
     """Shared bookkeeping: the history of told (arch, result) pairs, the ids already proposed, the
-    constraint check, and a seeded RNG."""
+    constraint check, and a seeded RNG. The protocol::
+
+        archs = strategy.ask(n)           # up to n new, constraint-satisfying, never-proposed archs
+        recorded = strategy.tell(archs, results)  # results in ask order, each a dict with a float ``reward``;
+                                          # returns the results as recorded (new dicts: the caller's are not changed)
+        state = strategy.state_dict()     # JSON-able (tensors allowed), taken after tell
+        strategy.load_state_dict(state)   # a fresh strategy continues exactly where that one was
+
+    ``ask`` may return fewer than ``n`` archs (an evolution still filling its population). Randomness comes from
+    ``self.rng`` (a ``random.Random`` seeded from the run seed), whose state is part of ``state_dict``."""
 
     name = ""  # the registered name (set by register_strategy)
     # The algorithm, where registered presets share one (strategy=diswot, strategy=zero_cost: evolution): it names the
