@@ -69,7 +69,7 @@ class Strategy:
         strategy.load_state_dict(state)   # a fresh strategy continues exactly where that one was
 
     ``ask`` may return fewer than ``n`` archs (an evolution still filling its population). Randomness comes from
-    ``self.rng`` (a ``random.Random`` seeded from the run seed), whose state is part of ``state_dict``."""
+    ``self.rng`` (a ``random.Random`` seeded from the run seed and the algorithm), whose state is in ``state_dict``."""
 
     name = ""  # the registered name (set by register_strategy)
     # The algorithm, where registered presets share one (strategy=diswot, strategy=zero_cost: evolution): it names the
