@@ -1,15 +1,8 @@
 """NAS-Bench-201 cell space (Dong & Yang, "NAS-Bench-201", ICLR 2020, https://github.com/D-X-Y/NAS-Bench-201;
 modules as in ``xautodl/models/cell_infers``).
 
-A cell is a DAG of 4 nodes; each of its 6 edges i->j (i < j) applies one of {none, skip_connect,
-nor_conv_1x1, nor_conv_3x3, avg_pool_3x3} and node j sums its incoming edges: 5^6 = 15,625 cells.
-The macro skeleton (``TinyNetwork``): 3x3 conv stem with C channels + BN, three stages of N cells at
-C, 2C, 4C channels with a residual reduction block (stride 2) between them, BN-ReLU, global pool,
-linear. Defaults C=16, N=5 as in the benchmark. ``arch_str`` / ``from_arch_str`` convert to and from
-the benchmark's string, e.g. ``|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|...|``.
-
-The benchmark's tabular results (trained accuracies, the ``NAS-Bench-201-v1_*.pth`` files) are not
-available offline here: candidates are scored by kdnas's own proxies or short trainings.
+Invariants: the network is the benchmark's (defaults C=16, N=5) and an arch converts to and from its string. The
+benchmark's tabular results are not available offline: candidates are scored by kdnas's proxies or trainings.
 """
 
 from __future__ import annotations
@@ -47,6 +40,9 @@ def make_op(name: str, c: int) -> nn.Module:
 
 
 class Cell(nn.Module):
+    """A DAG of 4 nodes; each of its 6 edges i->j (i < j) applies one of {none, skip_connect, nor_conv_1x1,
+    nor_conv_3x3, avg_pool_3x3} and node j sums its incoming edges: 5^6 = 15,625 cells."""
+
     def __init__(self, ops: list[str], c: int) -> None:
         super().__init__()
         self.edges = nn.ModuleList(make_op(op, c) for op in ops)
@@ -72,6 +68,9 @@ class ReductionBlock(nn.Module):
 
 
 class NB201Net(FeatureNet):
+    """The benchmark's ``TinyNetwork``: 3x3 conv stem with C channels + BN, three stages of N cells at C, 2C, 4C
+    channels with a residual reduction block (stride 2) between them, BN-ReLU, global pool, linear."""
+
     def __init__(self, ops: list[str], c: int, n: int, num_classes: int) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
@@ -125,6 +124,7 @@ class NB201Space(SearchSpace):
         return NB201Net([d[f"e{i}_{j}"] for i, j in EDGES], d["C"], d["N"], num_classes)
 
     def arch_str(self, arch: Arch) -> str:
+        """The benchmark's string, e.g. ``|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|...|``."""
         d = self.validate(arch).decisions
         nodes = ["|" + "|".join(f"{d[f'e{i}_{j}']}~{i}" for i in range(j)) + "|" for j in range(1, 4)]
         return "+".join(nodes)
