@@ -1,13 +1,8 @@
 """task=search: find a student architecture with ``strategy=`` in ``space=`` under ``constraint=``, scored by
-``evaluator=proxy`` (training-free, ``evaluator.proxy=diswot``; the default) or ``evaluator=train`` (a short training
-per candidate, the default of strategy=akd, kdas and cream); see :mod:`kdnas.search`.
-
-``strategy=cream`` is weight-sharing (its evaluator is the supernet itself) and runs its own loop
-(``Strategy.search``), with the same output files (history.jsonl, best_arch.json).
+``evaluator=proxy`` (training-free) or ``evaluator=train`` (a short training per candidate); see :mod:`kdnas.search`.
 
 The one place that reads the search's config: it builds the typed :class:`~kdnas.search.SearchJob` (and the
-evaluator settings task=correlate shares) that library code gets with the run's workspace, and the function a
-worker process rebuilds the training evaluator with.
+evaluator settings task=correlate shares) and the function a worker process rebuilds the training evaluator with.
 """
 
 from __future__ import annotations
@@ -97,6 +92,9 @@ def search_job(ctx: RunContext) -> SearchJob:
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
+    """The strategy's search (:func:`~kdnas.search.run_strategy`): the shared ask/tell loop, or for the
+    weight-sharing ``strategy=cream`` (its evaluator is the supernet itself) its own loop, with the same output files
+    (history.jsonl, best_arch.json)."""
     summary = run_strategy(ctx.workspace, ctx.run, search_job(ctx))
     print(f"best arch {summary['best_arch']} ({summary['best_arch_id']}), reward {summary['best_reward']:.6g}"
           + (f" after {summary['evaluated']} evaluations ({summary['cache_hits']} cached)" if "evaluated" in summary
