@@ -1,12 +1,9 @@
-"""Deep mutual learning (Zhang et al. CVPR 2018), ``distill=dml``: two or more peers (``distill.dml.students``,
-default two copies of ``model``) learn together without a pre-trained teacher; peer ``k`` minimises
-``w_ce * CE(z_k, y) + w_kd * mean_{l != k} kd(z_k, z_l, T)`` with the others' logits detached.
+"""Deep mutual learning (Zhang et al. CVPR 2018), ``distill=dml``: two or more peers learn together without a
+pre-trained teacher; peer ``k`` minimises ``w_ce * CE(z_k, y) + w_kd * mean_{l != k} kd(z_k, z_l, T)`` with the
+others' logits detached.
 
-One joint optimiser over the sum of the peers' losses takes the same steps as the paper's one optimiser per peer
-(each peer's gradient is that of its own loss), updated simultaneously. The trainer's model is peer 0 and the
-other peers are submodules of :class:`MutualObjective`, so they are optimised, checkpointed and resumed together.
-Folders: ``mutual/`` (the shared run) and ``peer{k}/`` (each peer's weights, card and top-1); peer ``k > 0`` draws
-its init from its own seed.
+Invariant: one joint optimiser over the sum of the peers' losses takes the same steps as the paper's one optimiser
+per peer (each peer's gradient is that of its own loss).
 """
 
 from __future__ import annotations
@@ -54,6 +51,9 @@ class MutualObjective(Objective):
 
 def run(ws: Workspace, distill: DistillConfig, *, model: ModelConfig, student: StudentConfig,
         teacher: TeacherConfig) -> dict[str, Any]:
+    """Train the peers (``distill.dml.students``, default two copies of ``model``) together, updated simultaneously;
+    peer ``k > 0`` draws its init from its own seed. Folders: ``mutual/`` (the shared run) and ``peer{k}/`` (each
+    peer's weights, card and top-1)."""
     cfg = distill
     names = list(cfg.dml.students) or [str(model.name)] * 2
     if len(names) < 2:
