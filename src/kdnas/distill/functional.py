@@ -1,12 +1,9 @@
 """Pure distillation losses and the DisWOT similarity terms, on plain tensors.
 
-Conventions, shared by every function here:
-
-* the student comes first, the teacher second; teacher-side tensors are detached, so a loss only ever
-  sends gradient into the student;
-* reductions follow the reference code (RepDistiller, mdistiller): a sum over classes / positions and a
-  mean over the batch unless stated otherwise;
-* shape mismatches raise :class:`ValueError` naming both shapes; nothing is silently reshaped.
+Invariants of every function here: the student comes first, the teacher second, and teacher-side tensors are
+detached (a loss only sends gradient into the student); reductions follow the reference code (RepDistiller,
+mdistiller: a sum over classes / positions, a mean over the batch) unless stated otherwise; a shape mismatch
+raises :class:`ValueError` naming both shapes, nothing is silently reshaped.
 """
 
 from __future__ import annotations
