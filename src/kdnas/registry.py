@@ -2,11 +2,7 @@
 
 Invariants: a name is registered once; lookups load the registering modules first, so ``names()`` is complete; an
 unknown name raises one :class:`~kdnas.errors.ConfigError` paragraph naming the key, close matches and every known
-name. A registry bound to a config ``group`` stores each entry's settings dataclass (plus a ``name`` field) in
-Hydra's ConfigStore as ``schema/<group>/<name>``; the option ``<group>/<name>.yaml`` starts its defaults list with
-``/schema/<group>/<name>@_here_``, so a wrong type or a key the schema lacks (in a yaml file, or overridden without
-``+``) fails at composition; a ``+group.key`` addition is caught by :meth:`Registry.settings` when the option is
-built. Schemas live under ``schema/`` so that they are never offered as options of the group itself.
+name; a registry bound to a config ``group`` types each option by its settings dataclass (:meth:`Registry.add`).
 """
 
 from __future__ import annotations
@@ -70,6 +66,11 @@ class Registry(Generic[T]):
         return add
 
     def add(self, name: str, obj: T, *, settings: type | None = None) -> T:
+        """Register ``obj`` as ``name``. With a ``group``, the settings dataclass (plus a ``name`` field) is stored in
+        Hydra's ConfigStore as ``schema/<group>/<name>``; the option ``<group>/<name>.yaml`` starts its defaults list
+        with ``/schema/<group>/<name>@_here_``, so a wrong type or a key the schema lacks (in a yaml file, or
+        overridden without ``+``) fails at composition; a ``+group.key`` addition is caught by :meth:`settings` when
+        the option is built. Schemas live under ``schema/`` so that they are never offered as options of the group."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} registered twice")
         if settings is not None and not dataclasses.is_dataclass(settings):
