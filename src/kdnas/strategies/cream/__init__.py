@@ -1,12 +1,8 @@
-"""Cream of the Crop (Peng et al., NeurIPS 2020, "Cream of the Crop: Distilling Prioritized Paths for One-Shot
-Neural Architecture Search"; official code https://github.com/microsoft/Cream).
-
-* :mod:`.supernet`: the weight-sharing supernet over an MBConv space, path extraction, BN recalibration, MACs;
-* :mod:`.board`: the prioritized path board and :class:`CreamStrategy` (uniform ask, board-admission tell);
-* :mod:`.meta`: meta matching, the path-distillation loss, the look-ahead hypergradient (and the official
-  code's bugs fixed here);
-* :mod:`.search`: the training loop, checkpoints and result files, and :class:`Cream` (``strategy=cream``, whose
-  ``search`` runs that loop for ``task=search`` and ``task=pipeline``).
+"""Cream of the Crop (Peng et al., "Cream of the Crop: Distilling Prioritized Paths for One-Shot Neural
+Architecture Search", NeurIPS 2020; https://github.com/microsoft/Cream): :mod:`.supernet` (the weight-sharing
+supernet), :mod:`.board` (the prioritized path board, :class:`CreamStrategy`), :mod:`.meta` (meta matching and the
+look-ahead hypergradient), :mod:`.search` (the training loop; ``strategy=cream``). Where kdnas departs from the
+official code: docs/decisions.md, Cream.
 """
 
 from kdnas.strategies.cream.board import BoardEntry, CreamStrategy, PrioritizedBoard
