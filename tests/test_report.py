@@ -51,6 +51,8 @@ def test_report_over_a_search_run(tmp_path: Path) -> None:
     _, md = report(tmp_path / "search", tmp_path / "report")
     assert f"| 1 | {found['best_arch_id']} | {found['best_reward']:.4g} |" in md
     assert f"{len(history)} archs evaluated" in md and "Pareto front (reward vs params)" in md
+    kinds = {r["reward_kind"] for r in history}
+    assert len(kinds) == 1 and f"reward = {kinds.pop()}" in md  # the reader learns what "reward" measured
     for name in ("trajectory", "decisions", "pareto"):
         assert (tmp_path / "report" / "plots" / f"run-{name}.png").is_file()
 

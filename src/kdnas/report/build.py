@@ -66,6 +66,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return Table(["summary.json", "value"], rows)
 
 
+def _reward_kinds(history: list[dict[str, Any]]) -> str:
+    """What "reward" measured in this history (``reward_kind``, plus DisWOT's semantic form where recorded), so a
+    reader never compares a proxy score with a trained accuracy; several kinds are named as such."""
+    kinds = sorted({str(r.get("reward_kind", "unlabelled")) + (f", semantic form {r['semantic_form']}"
+                                                              if r.get("semantic_form") else "") for r in history})
+    return f"reward = {kinds[0]}" if len(kinds) == 1 else f"MIXED reward kinds: {'; '.join(kinds)}"
+
+
 def _decisions(arch: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in arch.items()) if isinstance(arch, dict) else "-"
 
@@ -127,8 +135,8 @@ def search_blocks(run: Run, slug: str, config: dict[str, Any] | None = None) -> 
     said = {"hard": "archs over it are rejected before they are scored",
             "soft": "archs over it are scored with a penalty"}.get(mode, mode)
     blocks: list[Block] = [
-        Text(f"{len(history)} archs evaluated; best reward {fmt(history[order[0]]['reward'], '.4g')} "
-             f"({history[order[0]].get('arch_id', '-')})."
+        Text(f"{len(history)} archs evaluated ({_reward_kinds(history)}); best reward "
+             f"{fmt(history[order[0]]['reward'], '.4g')} ({history[order[0]].get('arch_id', '-')})."
              + (f" Constraint ({mode}: {said}): {limits}; {len(history) - over} of {len(history)} evaluated archs "
                 "within it." if targets else "")),
         Table(["rank", "arch_id", "reward", *costs, *([f"within {limits}"] if verdicts else []), "decisions"], top),
