@@ -20,11 +20,19 @@ from kdnas.data import build_data
 from kdnas.distill.cache import TeacherLogitCache, prebuild
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.terms import DistillConfig, LossWeights, active_weights, distill_config, dkd_beta
+from kdnas.distill.terms import (
+    DistillConfig,
+    LossWeights,
+    active_weights,
+    distill_config,
+    distill_identity,
+    dkd_beta,
+)
 from kdnas.errors import ConfigError
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.teachers import Teacher, weights_sha256
+from kdnas.utils import stable_hash
 
 from .helpers import SMOKE
 
@@ -315,3 +323,19 @@ def test_candidate_cache_key_names_the_teacher_logit_source() -> None:
     assert source == {"off": "online_fp32", "auto": "cached_fp16", "required": "cached_fp16"}
     assert teacher_logits_source(Teacher([teacher_net()], ["resnet8"], cache="auto"), kd_at) == "online_fp32"
     assert teacher_logits_source(None, kd) is None
+
+
+@pytest.mark.parametrize(("preset", "before"), [("kd", "9e0ac844ac2ec66b"), ("dkd", "d0c08f55d35c1cf7"),
+                                                ("crd", "e1aba29e840edfc7"), ("born_again", "10a7c7ecef12b2c5")])
+def test_distill_identity_keeps_the_cache_keys_of_before_the_scheme_split(preset: str, before: str) -> None:
+    """The train evaluator's caches key the distill settings by ``distill_identity``: the hashes recorded at c8237b2
+    (the schemes' parameters in one ``schemes`` node), so an upgrade reuses candidates trained then."""
+    cfg = distill_config(compose("distill", [f"distill={preset}"]).distill)
+    assert stable_hash(distill_identity(cfg)) == before
+
+
+def test_distill_identity_holds_every_scheme_parameter() -> None:
+    """A scheme's parameter still changes the identity (it moved, it was not dropped)."""
+    base = distill_config(compose("distill", ["distill=born_again"]).distill)
+    changed = distill_config(compose("distill", ["distill=born_again", "distill.born_again.generations=2"]).distill)
+    assert stable_hash(distill_identity(base)) != stable_hash(distill_identity(changed))

@@ -133,3 +133,12 @@ def test_a_teacher_trained_on_a_subset_is_not_reused_on_more_data(tmp_path: Path
     second = kdnas.run("train_teacher", [*tiny, "data.max_train_per_class=30"], run_dir=tmp_path / "b")
     assert second["store_key"] != first["store_key"]
     assert second["trained_in"] == str(tmp_path / "b")
+
+
+def test_train_evaluator_fingerprint_survives_the_upgrade(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CE train evaluator's fingerprint recorded at c8237b2 (before issue 17 split the distill schemes'
+    settings and the evaluator group): an upgrade of kdnas reuses the candidates an older search trained."""
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = compose("search", [*BASE])
+    ctx = RunContext(cfg, RunDir(tmp_path / "run"))
+    assert train_eval(ctx) == "a88b71ebe508c345"

@@ -23,6 +23,7 @@ from kdnas.distill import functional as kdf
 from kdnas.distill.connectors import ConvRegressor
 from kdnas.distill.crd import CRDLoss
 from kdnas.distill.scheme_config import (
+    SCHEME_CONFIGS,
     BornAgainConfig,
     DeprecatedSchemeKeys,
     DMLConfig,
@@ -140,6 +141,17 @@ def distill_config(node: Any) -> DistillConfig:
     if cfg.temperature <= 0:
         raise ConfigError(f"distill.temperature={cfg.temperature} must be > 0 (4 is the usual value).")
     return migrate_schemes(cfg)
+
+
+def distill_identity(cfg: DistillConfig) -> dict[str, Any]:
+    """Every distill value, as caches key it: the layout of before the per-scheme split (the schemes' parameters
+    in one ``schemes`` node), so evaluation caches written by an older kdnas stay valid after an upgrade."""
+    out = asdict(migrate_schemes(cfg))
+    schemes: dict[str, Any] = {}
+    for name in SCHEME_CONFIGS:
+        schemes.update(out.pop(name))
+    out["schemes"] = schemes
+    return out
 
 
 def active_weights(cfg: DistillConfig) -> dict[str, float]:

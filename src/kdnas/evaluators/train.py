@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -15,7 +15,13 @@ from kdnas import teachers
 from kdnas.config import TeacherConfig, TrainerConfig
 from kdnas.distill import student
 from kdnas.distill.cache import TeacherLogitCache, prebuild
-from kdnas.distill.terms import DistillConfig, active_weights, distill_config, reads_teacher_features
+from kdnas.distill.terms import (
+    DistillConfig,
+    active_weights,
+    distill_config,
+    distill_identity,
+    reads_teacher_features,
+)
 from kdnas.engine.workspace import Workspace
 from kdnas.errors import ConfigError
 from kdnas.evaluators.base import COSTS, CachedEvaluator
@@ -63,7 +69,7 @@ class TrainEvaluator(CachedEvaluator):
         self.costs = costs or CostModel(space, ws.data.num_classes, ws.data.input_size)
         self.prebuilt = False
         super().__init__(ws.cache_dir, {
-            "kind": "train", "distill": asdict(distill), "trainer": recipe_of(trainer),
+            "kind": "train", "distill": distill_identity(distill), "trainer": recipe_of(trainer),
             "teacher_logits": teacher_logits_source(self.teacher, distill),
             "teacher": self.teacher.hashes if self.teacher is not None else None, "data": ws.data.identity,
             "train_split": trainer.train_split, "seed": seed,
