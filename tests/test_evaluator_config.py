@@ -118,3 +118,13 @@ def test_the_proxy_evaluation_cache_identity_is_unchanged(tmp_path: Path) -> Non
     assert isinstance(evaluator_settings(ctx), ProxySettings)
     evaluator = proxy_evaluator(ctx.workspace, create_space("resnet_cifar"), proxy_settings(ctx), teacher_settings(ctx))
     assert evaluator.fingerprint == "7d3ce591d0f98b74"
+
+
+@pytest.mark.parametrize("overrides", [["+evaluator.foo=1"], ["evaluator=train", "+evaluator.foo=1"],
+                                       ["evaluator=train", "+evaluator.trainer.foo=1"]])
+def test_a_key_added_to_the_evaluator_is_one_config_error(overrides: list[str], tmp_path: Path) -> None:
+    """``+evaluator.KEY=`` passes composition; building the settings names the key (not a TypeError's traceback,
+    and never silently ignored)."""
+    ctx = RunContext(compose("search", overrides), RunDir(tmp_path / "run"))
+    with pytest.raises(ConfigError, match=overrides[-1][1:].split("=")[0].replace(".", r"\.")):
+        evaluator_settings(ctx)

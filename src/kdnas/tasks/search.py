@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from kdnas.config import EVALUATOR_SCHEMAS, SearchSettings, TeacherConfig, TrainerConfig, to_object
+from kdnas.config import EVALUATOR_SCHEMAS, SearchSettings, TeacherConfig, TrainerConfig, dataclass_from_node, to_object
 from kdnas.context import RunContext
 from kdnas.distill.terms import distill_config
 from kdnas.engine.trainer import apply_runtime
@@ -38,6 +38,9 @@ def _evaluator_node(ctx: RunContext, kind: str | None = None) -> dict[str, Any]:
     if kind is not None and node["kind"] != kind:
         raise ConfigError(f"task={ctx.cfg.task} reads the evaluator={kind} settings, but evaluator={node['kind']} is "
                           f"selected: add evaluator={kind} to the command.")
+    dataclass_from_node(EVALUATOR_SCHEMAS[node["kind"]], node, "evaluator")  # a +evaluator.KEY= the option lacks
+    if node["kind"] == "train":
+        dataclass_from_node(TrainerConfig, node["trainer"], "evaluator.trainer")
     return node
 
 
