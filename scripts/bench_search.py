@@ -38,20 +38,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from kdnas.api import compose
+from kdnas.benchmarks.workspace import script_workspace
 from kdnas.config import DataConfig
-from kdnas.context import RunContext
 from kdnas.data import build_data
+from kdnas.distill.terms import distill_config
 from kdnas.engine.trainer import write_model_card
-from kdnas.evaluators import TrainEvaluator, evaluation_pool, sample_archs, train_evaluator
+from kdnas.engine.workspace import Workspace
+from kdnas.evaluators import TrainEvaluator, TrainSettings, WorkerSpec, evaluation_pool, sample_archs, train_evaluator
 from kdnas.models import create_model
 from kdnas.runs import RunDir
 from kdnas.search import run_search
 from kdnas.spaces import Arch, create_space
 from kdnas.strategies import create_strategy
-from kdnas.tasks.search import teacher_settings, train_settings, worker_recipe
+from kdnas.tasks.search import train_evaluator_in_worker
+from kdnas.teachers import teacher_config
 from kdnas.utils import derive_seed
 
 SEED = 0
@@ -83,8 +87,11 @@ def teacher_file(root: Path, model: str) -> Path:
     return path
 
 
-def context(root: Path, teacher: str, ckpt: Path, cache: str, threads: int, per_class: int, tag: str) -> RunContext:
-    """A search run's context on the mini split; the decoded data is shared by every cache root (a symlink)."""
+Run = tuple[DictConfig, Workspace]  # a search run's composed config and its workspace
+
+
+def context(root: Path, teacher: str, ckpt: Path, cache: str, threads: int, per_class: int, tag: str) -> Run:
+    """A search run on the mini split; the decoded data is shared by every cache root (a symlink)."""
     root.mkdir(parents=True, exist_ok=True)
     shared = shared_data(root)
     if not (root / "data").exists():
@@ -94,13 +101,19 @@ def context(root: Path, teacher: str, ckpt: Path, cache: str, threads: int, per_
         f"data.max_train_per_class={per_class}", f"data.max_test_per_class={max(per_class // 4, 10)}",
         "teacher=checkpoint", f"teacher.model={teacher}", f"teacher.checkpoint={ckpt}", f"teacher.cache={cache}",
         f"paths.cache_dir={root}", f"paths.data_dir={shared}"])
-    return RunContext(cfg, RunDir(root / f"run-{tag}"))
+    return cfg, script_workspace(cfg, root / f"run-{tag}")
 
 
-def evaluator(ctx: RunContext, seed: int, tag: str, pool: Any = None) -> TrainEvaluator:
-    return train_evaluator(ctx.workspace, create_space("resnet_cifar"), train_settings(ctx, "kd"),
-                           teacher_settings(ctx), seed=seed, runs=ctx.run.sub(tag), pool=pool,
-                           worker=worker_recipe(ctx))
+def evaluator(run: Run, seed: int, tag: str, pool: Any = None) -> TrainEvaluator:
+    """The KD train evaluator of ``run`` (evaluator=train's, with the run's recipe); a pool's workers rebuild it
+    with task=search's worker function from the run's resolved config."""
+    cfg, ws = run
+    settings = TrainSettings(objective="kd", trainer=ws.trainer_config, distill=distill_config(cfg.distill),
+                             aug_seed=cfg.data.aug_seed)
+    worker = WorkerSpec(key="", build=train_evaluator_in_worker,
+                        kwargs={"config": OmegaConf.to_container(cfg, resolve=True), "run_dir": str(ws.run.path)})
+    return train_evaluator(ws, create_space("resnet_cifar"), settings, teacher_config(cfg.teacher), seed=seed,
+                           runs=ws.run.sub(tag), pool=pool, worker=worker)
 
 
 def timed(ev: TrainEvaluator, archs: list[Arch]) -> float:
@@ -128,7 +141,7 @@ def bench_teacher(work: Path, teacher: str, archs: list[Arch], per_class: int) -
             ev = {"old": old[arch.arch_id], "shared": shared, "naive": naive}[mode]
             seconds[mode] += timed(ev, [arch])  # shared: its first call prebuilds the epoch (counted)
     rates = {m: per_hour(len(archs), s) for m, s in seconds.items()}
-    print(f"teacher {teacher}: {len(archs)} candidates, 1 epoch, {auto.data.num_samples('train')} train images, "
+    print(f"teacher {teacher}: {len(archs)} candidates, 1 epoch, {auto[1].data.num_samples('train')} train images, "
           f"threads {torch.get_num_threads()}")
     for m in modes:
         print(f"  ({'abc'[modes.index(m)]}) {m:<7} {rates[m]:8.0f} candidates/h  ({seconds[m]:.1f} s)")
