@@ -96,6 +96,18 @@ def test_an_old_spelling_fails_naming_the_new_one(old: str) -> None:
     assert repr(OLD[old]) in message and "\n" not in message
 
 
+@pytest.mark.parametrize("old", ["search.evaluator=null", "~search.evaluator", "~proxy", "~search.trainer"])
+def test_an_old_spelling_that_meant_the_default_says_to_drop_it(old: str) -> None:
+    """search.evaluator=null meant "the strategy's default", which is now what no override gives: naming
+    `evaluator=null` (a Hydra traceback) or a bare key such as `evaluator` (not an override) would mislead."""
+    with pytest.raises(ConfigError) as info:
+        compose("search", [old])
+    message = str(info.value)
+    assert "drop it" in message and "write" not in message and "\n" not in message
+    with pytest.raises(ConfigError, match="drop it"):
+        SearchSettings.from_config({"budget": 4, "evaluator": None})  # the old search/default.yaml, copied
+
+
 def test_an_old_key_in_a_config_file_fails_naming_the_new_one() -> None:
     with pytest.raises(ConfigError, match="'evaluator=train'"):
         SearchSettings.from_config({"budget": 4, "evaluator": "train"})

@@ -266,8 +266,12 @@ def check_overrides(overrides: Sequence[str], where: str = "the command line") -
         new = _LEGACY.get(key) or next((n + key[len(o):] for o, n in _LEGACY.items()
                                         if o.endswith(".") and key.startswith(o)), None)
         if new is not None:
+            # a deletion, or search.evaluator=null (the strategy's default): what no override now gives
+            default = override.startswith("~") or (key == "search.evaluator" and value in ("null", "None"))
+            fix = ("drop it (each strategy option selects its default evaluator)" if default else
+                   f"write {new + sep + value!r}")
             raise ConfigError(
-                f"{override!r} ({where}) is spelled as before kdnas's evaluator group: write {new + sep + value!r}. "
+                f"{override!r} ({where}) is spelled as before kdnas's evaluator group: {fix}. "
                 "What measures a candidate is now `evaluator=proxy` (evaluator.proxy=NAME, evaluator.combine=..., "
                 "the default) or `evaluator=train` (evaluator.objective=kd|ce and the candidates' recipe, a full "
                 "trainer node: evaluator.trainer.epochs=...; the default of strategy=akd, kdas and cream).")
