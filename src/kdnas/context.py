@@ -21,6 +21,7 @@ from kdnas.engine.workspace import Workspace
 from kdnas.loggers import MetricLogger
 from kdnas.models import build_model
 from kdnas.runs import RunDir
+from kdnas.strategies import STRATEGIES
 from kdnas.utils import stable_hash
 
 # build_model, to_object: their old home
@@ -108,7 +109,40 @@ def config_hash(cfg: DictConfig) -> str:
                            if v is not None and not k.startswith("hydra") and _group_package(k) not in VOLATILE_KEYS
                            and (reads is None or _group_package(k) in reads)))
     values = _changed(_relevant(container, task), _relevant(_packaged_defaults(task, choices), task))
-    return stable_hash({"task": task, "choices": dict(choices), "values": {} if values is _SAME else values})
+    legacy_choices, values = _before_the_evaluator_group(dict(choices), values, container)
+    return stable_hash({"task": task, "choices": legacy_choices, "values": {} if values is _SAME else values})
+
+
+def _before_the_evaluator_group(choices: dict[str, str], values: Any, container: dict[str, Any]
+                                ) -> tuple[dict[str, str], Any]:
+    """``(choices, values)`` in the layout before issue 17's ``evaluator`` group (``proxy=X``, ``proxy.KEY``,
+    ``search.evaluator``, ``search.objective``, ``+search.trainer.KEY``), so that run folders and sweeps of an
+    older kdnas keep their identity after the upgrade (tests/test_upgrade.py pins hashes recorded then). Every
+    value is kept: only its place in the hashed document moves."""
+    kind = choices.pop("evaluator", None)
+    if kind is None:
+        return choices, values
+    evaluator = container.get("evaluator") or {}
+    choices["proxy"] = str(evaluator.get("proxy", "diswot")) if kind == "proxy" else "diswot"  # then always chosen
+    values = {} if values is _SAME else copy.deepcopy(values)
+    changed, search = values.pop("evaluator", {}), {}
+    if kind == "proxy":
+        proxy = {k: v for k, v in changed.items() if k not in ("proxy", "kind")}  # the score is the choice
+        if proxy:
+            values["proxy"] = proxy
+    else:
+        if "objective" in changed:
+            search["objective"] = changed["objective"]
+        run_trainer = container.get("trainer") or {}  # the candidates' recipe was the run's plus search.trainer
+        own = {k: v for k, v in (changed.get("trainer") or {}).items() if v != run_trainer.get(k)}
+        if own:
+            search["trainer"] = own
+    strategy = str((container.get("strategy") or {}).get("name"))
+    if kind != (STRATEGIES.get(strategy).default_evaluator if strategy in STRATEGIES else "proxy"):
+        search["evaluator"] = kind  # the strategy's default evaluator was spelled search.evaluator=null
+    if search:
+        values["search"] = {**values.get("search", {}), **search}
+    return choices, values or _SAME
 
 
 @dataclass
