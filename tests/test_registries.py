@@ -219,3 +219,10 @@ def test_typed_options_keep_the_values_they_composed_to_before(override: str, ke
     ``constraint.params_max=1000000``. The distill group was typed before: its floats stay floats."""
     composed = OmegaConf.select(compose(None, override.split()), key)
     assert composed == value and type(composed) is type(value)
+
+
+def test_the_name_evolution_of_before_the_presets_names_them() -> None:
+    """strategy.name=evolution (what strategy=diswot and zero_cost composed to before issue 17, so a user's own
+    strategy file may hold it) fails naming the registered names that replace it."""
+    with pytest.raises(ConfigError, match="strategy=diswot.*strategy=zero_cost"):
+        create_strategy({"name": "evolution"}, create_space("resnet_cifar"))

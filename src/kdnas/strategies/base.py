@@ -218,7 +218,9 @@ def create_strategy(node: Mapping[str, Any] | DictConfig | None, space: SearchSp
         raise ConfigError(f"No search strategy selected: pick one with strategy=<name> (diswot, zero_cost, random); "
                           f"registered strategies: {', '.join(list_strategies())}.")
     if name not in list_strategies():
+        renamed = (" strategy.name=evolution is now strategy=diswot (DisWOT's score) or strategy=zero_cost (another "
+                   "proxy): the same search, RNG stream and resumable state." if name == "evolution" else "")
         raise ConfigError(f"Unknown search strategy strategy.name={name!r}; available: "
-                          f"{', '.join(list_strategies())} (pick one with strategy=<name>).")
+                          f"{', '.join(list_strategies())} (pick one with strategy=<name>).{renamed}")
     STRATEGIES.settings(name, cfg)
     return STRATEGIES.get(name)(space, constraint=constraint, costs=costs, seed=seed, **cfg)
