@@ -5,11 +5,13 @@ identity unchanged by the move."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 
 import kdnas
+from kdnas import context
 from kdnas.api import CompositionError, compose
 from kdnas.config import ProxyEvaluatorConfig, SearchSettings, TrainerConfig, to_object
 from kdnas.context import RunContext, config_hash
@@ -63,8 +65,22 @@ def test_the_candidates_recipe_is_the_runs_trainer_with_its_own_keys_on_top() ->
     recipe = to_object(cfg.evaluator.trainer, TrainerConfig)
     assert recipe == dataclasses.replace(to_object(cfg.trainer, TrainerConfig), epochs=1)
     assert (recipe.lr, cfg.trainer.epochs) == (0.2, 30)
-    whole = compose("search", ["evaluator=train", "+trainer@evaluator.trainer=cifar_240"])
+    whole = compose("search", ["evaluator=train", "trainer@evaluator.trainer=cifar_240"])
     assert whole.evaluator.trainer.epochs == 240 and whole.trainer.epochs != 240
+
+
+def test_a_trainer_option_for_the_candidates_keeps_the_config_hash_on_its_defaults(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """trainer@evaluator.trainer=OPTION (the candidates get that trainer option whole) is a choice of the defaults
+    list, so the config hash composes the packaged defaults with it: no fallback to hashing every value (a warning
+    on every run, and a hash that a later kdnas's new keys would change)."""
+    context._packaged_defaults.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="kdnas"):
+        cfg = compose("search", ["strategy=akd", "trainer@evaluator.trainer=short"])
+        digest = config_hash(cfg)
+    assert "config hash" not in caplog.text
+    assert cfg.evaluator.trainer.epochs == 30 and cfg.trainer.epochs != 30
+    assert digest != config_hash(compose("search", ["strategy=akd"]))
 
 
 def test_a_result_neutral_key_of_the_candidates_recipe_leaves_the_hash() -> None:
