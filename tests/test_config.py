@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+import kdnas
 from kdnas.api import compose
 from kdnas.context import config_hash
 from kdnas.errors import ConfigError, KdnasError
@@ -162,3 +163,11 @@ def test_an_experiment_hashes_as_its_settings() -> None:
     spelled = compose("distill", ["data=cifar100", "trainer=cifar_240", "trainer@teacher.trainer=cifar_240",
                                   "data.val_fraction=0.0", "trainer.train_split=train_full", "teacher.model=resnet56"])
     assert config_hash(preset) == config_hash(spelled)
+
+
+@pytest.mark.parametrize("group", ["data", "model", "trainer"])
+def test_a_key_added_to_a_typed_group_is_one_config_error(group: str, tmp_path: Path) -> None:
+    """``+data.KEY=`` (what Hydra suggests for a key the schema lacks) passes composition; the run then names the key
+    in a ConfigError (it was a TypeError's traceback)."""
+    with pytest.raises(ConfigError, match=rf"{group}\.seeed"):
+        kdnas.run("train", [*SMOKE, f"+{group}.seeed=1"], run_dir=tmp_path)

@@ -176,8 +176,12 @@ def dataclass_from_node(schema: type[T], node: Any, key: str, hint: str = "") ->
 
 
 def to_object(node: Any, schema: type) -> Any:
-    """A typed dataclass instance from a config node (already validated by the structured schema)."""
-    return schema(**OmegaConf.to_container(node, resolve=True)) if not isinstance(node, schema) else node
+    """A typed dataclass instance from a config node (validated by the structured schema, except keys added with
+    ``+group.key=``: those raise :func:`dataclass_from_node`'s ConfigError naming them)."""
+    if isinstance(node, schema):
+        return node
+    key = node._get_full_key(None) if isinstance(node, DictConfig) else ""  # "data", "teacher.trainer"; "" at a root
+    return dataclass_from_node(schema, node, key or schema.__name__)
 
 
 @dataclass
