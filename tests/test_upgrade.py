@@ -37,3 +37,15 @@ def test_the_candidates_own_recipe_still_changes_the_hash() -> None:
     base = config_hash(compose("search", ["logger=none", "strategy=akd"]))
     assert config_hash(compose("search", ["logger=none", "strategy=akd", "evaluator.trainer.lr=0.2"])) != base
     assert config_hash(compose("search", ["logger=none", "strategy=akd", "evaluator=proxy"])) != base
+
+
+@pytest.mark.parametrize(("run", "candidates"), [("trainer.epochs=3", "evaluator.trainer.epochs=5"),
+                                                 ("trainer.lr=0.2", "evaluator.trainer.lr=0.05")])
+def test_a_candidates_key_at_the_shipped_value_apart_from_the_runs_changes_the_hash(run: str, candidates: str) -> None:
+    """The candidates' recipe differs from the run's `trainer` (the old search.trainer) even where its value is the
+    shipped one: two searches training their candidates differently never share a config hash (resume, sweep
+    skipping)."""
+    base = ["logger=none", "strategy=akd", run]
+    apart, following = compose("search", [*base, candidates]), compose("search", base)
+    assert apart.evaluator.trainer != following.evaluator.trainer
+    assert config_hash(apart) != config_hash(following)

@@ -133,8 +133,11 @@ def _before_the_evaluator_group(choices: dict[str, str], values: Any, container:
     else:
         if "objective" in changed:
             search["objective"] = changed["objective"]
-        run_trainer = container.get("trainer") or {}  # the candidates' recipe was the run's plus search.trainer
-        own = {k: v for k, v in (changed.get("trainer") or {}).items() if v != run_trainer.get(k)}
+        # the candidates' recipe was the run's plus search.trainer: every key where it differs from the run's (also
+        # at a shipped value, which `changed` leaves out), result-neutral keys aside
+        run_trainer, recipe = container.get("trainer") or {}, evaluator.get("trainer") or {}
+        neutral = {key.rsplit(".", 1)[1] for key in NEUTRAL_KEYS if key.startswith("evaluator.trainer.")}
+        own = {k: v for k, v in recipe.items() if k not in neutral and v != run_trainer.get(k)}
         if own:
             search["trainer"] = own
     strategy = str((container.get("strategy") or {}).get("name"))
