@@ -59,6 +59,7 @@ class MakesMarker:
     ("data=nope", ("data/nope", "cifar10_mini")),  # unknown group option: the message lists the options
     ("trainer.batch_size=many", ("batch_size", "many")),  # wrong type
 ])
+@pytest.mark.slow  # make test-fast stays under 3 minutes (CI runs it)
 def test_config_errors_stop_before_any_folder(override: str, needles: tuple[str, ...], tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     fails_cleanly(kdnas_cli(*TINY, override, f"hydra.run.dir={run_dir}", cwd=tmp_path), *needles)

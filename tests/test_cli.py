@@ -43,6 +43,7 @@ def test_user_errors_are_one_paragraph_without_traceback(tmp_path: Path) -> None
     assert missing.returncode != 0 and "data.root" in missing.stderr and "Traceback" not in missing.stderr
 
 
+@pytest.mark.slow  # make test-fast stays under 3 minutes (CI runs it)
 def test_version() -> None:
     proc = subprocess.run([sys.executable, "-m", "kdnas.cli", "--version"], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout.startswith("kdnas ")

@@ -252,6 +252,7 @@ def test_config_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED_TARBALL.exists(), reason="the shared CIFAR-10 tarball is not on this machine")
+@pytest.mark.slow  # make test-fast stays under 3 minutes (CI runs it)
 def test_mini_asset_rebuilds_byte_identical(tmp_path: Path) -> None:
     out = tmp_path / "mini.tar.gz"
     script = REPO / "scripts/make_mini_dataset.py"

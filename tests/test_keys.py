@@ -90,6 +90,7 @@ CASES = [(key, change) for key in KEYS
 
 
 @pytest.mark.parametrize(("key", "change"), CASES, ids=[f"{k}-{c.split('=')[0]}" for k, c in CASES])
+@pytest.mark.slow  # make test-fast stays under 3 minutes (CI runs it)
 def test_a_changed_component_changes_the_key(key: str, change: str, tmp_path: Path) -> None:
     assert key_of(key, [change], tmp_path) != key_of(key, [], tmp_path)
 
