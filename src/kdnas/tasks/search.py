@@ -46,9 +46,13 @@ def _evaluator_node(ctx: RunContext, kind: str | None = None) -> dict[str, Any]:
 
 def proxy_settings(ctx: RunContext) -> ProxySettings:
     """``evaluator=proxy``, typed (its ``proxy`` is the settings' ``name``)."""
-    node = _evaluator_node(ctx, "proxy")
-    node.pop("kind")
-    return ProxySettings(name=node.pop("proxy"), **node)
+    return _proxy_settings(_evaluator_node(ctx, "proxy"))
+
+
+def _proxy_settings(node: dict[str, Any]) -> ProxySettings:
+    """ProxySettings of a checked ``evaluator=proxy`` node (:func:`_evaluator_node`)."""
+    settings = {k: v for k, v in node.items() if k not in ("kind", "proxy")}
+    return ProxySettings(name=node["proxy"], **settings)
 
 
 def train_settings(ctx: RunContext, objective: str, trainer: TrainerConfig | None = None) -> TrainSettings:
@@ -64,7 +68,7 @@ def evaluator_settings(ctx: RunContext) -> ProxySettings | TrainSettings:
     """The selected ``evaluator`` group option, typed."""
     node = _evaluator_node(ctx)
     if node["kind"] == "proxy":
-        return proxy_settings(ctx)
+        return _proxy_settings(node)
     return train_settings(ctx, node["objective"], TrainerConfig(**node["trainer"]))
 
 
