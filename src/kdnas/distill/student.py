@@ -14,7 +14,7 @@ from torch import nn
 
 from kdnas.config import ModelConfig, StudentConfig, TrainerConfig, to_object
 from kdnas.distill.objective import DistillObjective
-from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config, teacher_terms
 from kdnas.engine.trainer import write_model_card
 from kdnas.engine.workspace import Workspace
 from kdnas.models import build_model
@@ -72,7 +72,7 @@ def distill_student(ws: Workspace, student_model: nn.Module, teacher: Teacher | 
         teacher.to(memory_format=torch.channels_last)  # the trainer moves it to its device with the objective
     objective = DistillObjective(cfg, student_model, teacher, data=ws.data, split=tcfg.train_split, seed=seed,
                                  student_name=name, cache_dir=ws.cache_dir)
-    role = "+".join(k for k in active_weights(cfg) if k != "ce").upper() + " student" if teacher else "CE baseline"
+    role = f"{teacher_terms(cfg).upper()} student" if teacher else "CE baseline"
     trainer = ws.trainer(student_model, trainer_cfg=tcfg, run=run, objective=objective, seed=seed,
                          label=label or f"{role} {name}")
     summary = trainer.fit(resume=ws.resume)

@@ -158,6 +158,12 @@ def active_weights(cfg: DistillConfig) -> dict[str, float]:
     return {k: w for k, w in asdict(cfg.weights).items() if w}
 
 
+def teacher_terms(cfg: DistillConfig) -> str:
+    """The active terms besides CE, joined by ``+`` (``"kd"``, ``"kd+at"``; ``""`` for CE alone): how run logs and
+    tables name what a student learnt from its teacher."""
+    return "+".join(k for k in active_weights(cfg) if k != "ce")
+
+
 def dkd_beta(teacher: str, student: str) -> float:
     """mdistiller's per-pair CIFAR-100 beta: 2 for ResNet-56/110 teachers, 6 for VGG teachers and WRN->WRN,
     8 otherwise (e.g. ResNet32x4 -> ResNet8x4, WRN-40-2 -> ShuffleNetV1)."""

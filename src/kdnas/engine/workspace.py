@@ -9,7 +9,7 @@ the typed settings it reads (``TeacherConfig``, ``DistillConfig``, ...), never t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -57,13 +57,6 @@ class Workspace:
     def built_data(self) -> DataModule | None:
         """The data module when something used it, else None (never builds it)."""
         return self.__dict__.get("data")  # where functools.cached_property keeps a computed value
-
-    def at(self, run: RunDir) -> Workspace:
-        """The same workspace writing to ``run`` (a stage's subfolder); the data module is shared, not rebuilt."""
-        other = replace(self, run=run)
-        if "data" in self.__dict__:
-            other.__dict__["data"] = self.__dict__["data"]
-        return other
 
     def trainer(self, model: nn.Module, *, trainer_cfg: Any = None, run: RunDir | None = None,
                 objective: Objective | None = None, seed: int | None = None, config_hash: str | None = None,

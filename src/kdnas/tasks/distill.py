@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kdnas import correlation, teachers
+from kdnas import teachers
 from kdnas.config import ModelConfig, StudentConfig, to_object
 from kdnas.context import RunContext
-from kdnas.correlation import comparison_line, paired_comparison
+from kdnas.correlation import comparison_line, paired_comparison, test_hits
 from kdnas.distill.schemes import SCHEMES
 from kdnas.distill.student import distill_student, student_factory, write_card
-from kdnas.distill.terms import DistillConfig, active_weights, distill_config
+from kdnas.distill.terms import DistillConfig, active_weights, distill_config, teacher_terms
 
 log = logging.getLogger("kdnas")
 TOP1 = ("test_top1_best", "test_top1_last")
@@ -30,7 +30,7 @@ def run_scheme(ctx: RunContext, dcfg: DistillConfig) -> dict[str, Any]:
     scheme = SCHEMES.get(dcfg.scheme)
     model, student = student_settings(ctx.cfg)
     return scheme(ctx.workspace, dcfg, model=model, student=student,
-                      teacher=teachers.teacher_config(ctx.cfg.teacher))
+                  teacher=teachers.teacher_config(ctx.cfg.teacher))
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -49,8 +49,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         write_card(ws, ce_run, name, arch)
         summary.update({f"ce_{k}": ce[k] for k in TOP1})
         summary.update({f"gain_{k}": summary[k] - ce[k] for k in TOP1})
-        losses = "+".join(k for k in active_weights(dcfg) if k != "ce").upper() or "CE"
-        hits = [correlation.test_hits(ws.data, net, ws.trainer_config) for net in (student, ce_student)]
+        losses = teacher_terms(dcfg).upper() or "CE"
+        hits = [test_hits(ws.data, net, ws.trainer_config) for net in (student, ce_student)]
         cmp = paired_comparison(*hits)
         summary["gain_test_top1_last_se"] = cmp["se"]
         log.info("%s", comparison_line(cmp, losses))

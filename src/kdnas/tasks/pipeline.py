@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from kdnas.context import RunContext
 from kdnas.correlation import comparison_line, paired_comparison, test_hits
 from kdnas.distill.student import distill_student
-from kdnas.distill.terms import active_weights, distill_config
+from kdnas.distill.terms import distill_config, teacher_terms
 from kdnas.evaluators import CE_ONLY
 from kdnas.progress import duration
 from kdnas.search import run_strategy
@@ -93,7 +93,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     lap("ce")
     for t in (timings, timings["cpu"]):
         t["total_s"] = t["search_s"] + t["retrain_s"]
-    losses = "+".join(k for k in active_weights(dcfg) if k != "ce") or "ce"
+    losses = teacher_terms(dcfg) or "ce"
     decisions = ",".join(f"{k}={v}" for k, v in arch.decisions.items() if k not in space.fixed)
     costs = CostModel(space, data.num_classes, data.input_size)(arch, ["params", "macs"])
     params = int(costs["params"])
