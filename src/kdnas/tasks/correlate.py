@@ -122,10 +122,11 @@ def train_truth(ctx: RunContext, space: SearchSpace, s: CorrelateSettings, archs
     recipe = to_object(OmegaConf.merge(ctx.cfg.trainer, s.trainer), TrainerConfig)  # correlate.trainer on top
     for objective in s.objectives:
         per_arch: dict[str, list[float]] = defaultdict(list)
+        settings = train_settings(ctx, objective, recipe)  # the same for every seed
         for k in range(1 + s.noise_seeds):
             subset = archs if k == 0 or s.cached_only else noise_subset(archs, s.noise_subset)  # cached: any
             seed = ctx.cfg.seed + k
-            ev = train_evaluator(ctx.workspace, space, train_settings(ctx, objective, recipe), teacher, seed=seed,
+            ev = train_evaluator(ctx.workspace, space, settings, teacher, seed=seed,
                                  costs=costs, runs=ctx.run.sub(f"ground_truth/{objective}-seed{seed}"), pool=pool,
                                  worker=worker)
             aug_seeds[f"seed{seed}"] = ev.aug_seed
