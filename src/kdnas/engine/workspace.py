@@ -58,13 +58,16 @@ class Workspace:
         """The data module when something used it, else None (never builds it)."""
         return self.__dict__.get("data")  # where functools.cached_property keeps a computed value
 
+    def log_fn(self, run: RunDir) -> LogFn:
+        """The metrics writer of ``run`` (a subfolder of this run, or the run itself)."""
+        return self.log_for(run) if self.log_for is not None else run.log
+
     def trainer(self, model: nn.Module, *, trainer_cfg: Any = None, run: RunDir | None = None,
                 objective: Objective | None = None, seed: int | None = None, config_hash: str | None = None,
                 **kwargs: Any) -> Trainer:
         """A Trainer of ``model`` on this workspace's data; each argument left out is the run's own."""
         run = run or self.run
         tcfg = to_object(trainer_cfg, TrainerConfig) if trainer_cfg is not None else self.trainer_config
-        log_fn = self.log_for(run) if self.log_for is not None else run.log
         return Trainer(tcfg, model, self.data, run, seed=self.seed if seed is None else seed,
                        config_hash=config_hash or self.config_hash, objective=objective, progress=self.progress,
-                       log_fn=log_fn, **kwargs)
+                       log_fn=self.log_fn(run), **kwargs)

@@ -136,7 +136,7 @@ class CreamSearch:
         self.minival = self._minival() if self.cfg.admission == "minival" else []
         self.mentor_net, self.mentor = self._mentor() if self.cfg.external_teacher else (None, None)
         self.history_path = self.run_dir.path / "history.jsonl"
-        self.log_fn = ws.log_for(self.run_dir) if ws.log_for is not None else self.run_dir.log
+        self.log_fn = ws.log_fn(self.run_dir)
         self.seconds_before = 0.0  # search wall clock of earlier sessions (from the checkpoint)
         self.session_start = time.perf_counter()
         self.stopped_by: str | None = None
